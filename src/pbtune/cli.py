@@ -1,0 +1,191 @@
+"""The ``pbtune`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pbtune.config import DEFAULT_DIR, RunConfig, load_config
+from pbtune.engine.local import best_member, run as run_population
+from pbtune.errors import PBTuneError
+from pbtune.lineage import schedule
+from pbtune.store import open_store
+from pbtune.types import MemberRecord
+
+app = typer.Typer(help="Population Based Training: run populations and inspect what they found.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+DEFAULT_STORAGE = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
+
+StorageOption = typer.Option(DEFAULT_STORAGE, "--storage", "-s", help="SQLAlchemy URL of the population store.")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _fmt_hparams(hparams: Any) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in dict(hparams).items())
+
+
+def _fmt_score(score: float | None) -> str:
+    return "-" if score is None else f"{score:.6g}"
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="JSON or YAML run config."),
+    workers: Optional[int] = typer.Option(None, help="Override the number of worker processes."),
+    storage: Optional[str] = typer.Option(None, help="Override the population store URL."),
+    checkpoints: Optional[str] = typer.Option(None, help="Override the checkpoint folder/URL."),
+    name: Optional[str] = typer.Option(None, help="Override the run name."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress display (for CI logs)."),
+) -> None:
+    """Run (or resume) the population described by CONFIG on local worker processes."""
+    try:
+        cfg = load_config(config, workers=workers, storage=storage, checkpoints=checkpoints, name=name)
+        result = run_population(config=cfg, progress=not quiet)
+    except PBTuneError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[bold green]done[/] run [bold]{cfg.name}[/]: best member {result.best.member_id} "
+                  f"score {_fmt_score(result.best.score)} with {_fmt_hparams(result.best.hparams)}")
+    console.print(f"  store:       {cfg.storage}")
+    console.print(f"  checkpoints: {os.path.abspath(cfg.checkpoints) if '://' not in cfg.checkpoints else cfg.checkpoints}")
+    console.print(f"  best checkpoint: {result.checkpoint_path}")
+    console.print(f"  inspect: pbtune status {cfg.name} --storage {cfg.storage}")
+
+
+def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None) -> Table:
+    table = Table(title=f"run {run_name}")
+    for column in ("member", "state", "step", "score", "hparams", "worker"):
+        table.add_column(column, justify="right" if column in ("member", "step", "score") else "left")
+    for m in members:
+        mark = " *" if m.member_id == best_id else ""
+        table.add_row(f"{m.member_id}{mark}", m.state.value, str(m.step), _fmt_score(m.score),
+                      _fmt_hparams(m.hparams), m.lease_owner or "")
+    return table
+
+
+@app.command()
+def status(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = StorageOption,
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Table of the run's members: step, score, hyperparameters, state (* marks the best)."""
+    try:
+        store = open_store(storage)
+        cfg = store.get_run(run_name).config
+        members = store.list_members(run_name)
+    except PBTuneError as exc:
+        _fail(str(exc))
+        return
+    try:
+        best_id: int | None = best_member(members, cfg.get("mode", "max")).member_id
+    except PBTuneError:
+        best_id = None
+    if as_json:
+        rows = [{"member": m.member_id, "state": m.state.value, "step": m.step, "score": m.score,
+                 "hparams": dict(m.hparams), "error": m.error} for m in members]
+        typer.echo(json.dumps({"run": run_name, "best": best_id, "members": rows}, indent=2, default=str))
+        return
+    console.print(_members_table(run_name, members, best_id))
+    finished = sum(m.state.is_final for m in members)
+    console.print(f"{finished}/{len(members)} members done; budget {cfg.get('budget')} steps each")
+
+
+@app.command()
+def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = StorageOption) -> None:
+    """The best member: score, hyperparameters, checkpoint and schedule."""
+    try:
+        store = open_store(storage)
+        cfg = store.get_run(run_name).config
+        member = best_member(store.list_members(run_name), cfg.get("mode", "max"))
+        entries = schedule(store.events(run_name), member.member_id)
+    except PBTuneError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(json.dumps({
+        "run": run_name, "member": member.member_id, "score": member.score, "step": member.step,
+        "hparams": dict(member.hparams), "checkpoint": member.checkpoint, "checkpoints_root": cfg.get("checkpoints"),
+        "schedule": [{"step": e.step, "hparams": dict(e.hparams), "from_member": e.member_id} for e in entries],
+    }, indent=2))
+
+
+@app.command()
+def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
+            member: str = typer.Argument("best", help="Member id, or 'best'."),
+            storage: str = StorageOption) -> None:
+    """The hyperparameter schedule that produced MEMBER, and the events along its ancestry."""
+    try:
+        store = open_store(storage)
+        cfg = store.get_run(run_name).config
+        members = store.list_members(run_name)
+        member_id = best_member(members, cfg.get("mode", "max")).member_id if member == "best" else int(member)
+        if member_id not in {m.member_id for m in members}:
+            _fail(f"run {run_name!r} has no member {member_id}")
+        events = store.events(run_name)
+    except ValueError:
+        _fail(f"MEMBER must be an integer id or 'best'; got {member!r}")
+        return
+    except PBTuneError as exc:
+        _fail(str(exc))
+        return
+    table = Table(title=f"schedule of member {member_id} (steps are the model's age)")
+    for column in ("from step", "hparams", "as member", "via"):
+        table.add_column(column)
+    for entry in schedule(events, member_id):
+        table.add_row(str(entry.step), _fmt_hparams(entry.hparams), str(entry.member_id), entry.kind)
+    console.print(table)
+    for event in events:
+        if event.member_id == member_id and event.kind in ("exploit", "explore", "resume", "fail"):
+            console.print(f"  step {event.step:>6} {event.kind:<8} {event.summary}")
+
+
+@app.command()
+def runs(storage: str = StorageOption) -> None:
+    """List the runs in a store."""
+    try:
+        found = open_store(storage).list_runs()
+    except PBTuneError as exc:
+        _fail(str(exc))
+        return
+    for record in found:
+        typer.echo(record.name)
+
+
+@app.command()
+def demo(workers: int = typer.Option(2, help="Worker processes."),
+         quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """A 30-second PBT job on the embedded default store (the paper's toy-style quadratic)."""
+    name = time.strftime("demo-%Y%m%d-%H%M%S")
+    cfg = RunConfig(
+        name=name, space={"lr": {"type": "float", "low": 0.0005, "high": 0.05, "log": True}},
+        population=8, workers=workers, budget=60, ready={"interval": 5},
+        trainable="pbtune.testing.trainables:Quadratic", trainable_args={"step_seconds": 0.02},
+    )
+    try:
+        result = run_population(config=cfg, progress=not quiet)
+    except PBTuneError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"[bold green]demo done[/]: best member {result.best.member_id}, "
+                  f"score {_fmt_score(result.best.score)}")
+    console.print(f"  results store:    {cfg.storage}  (sqlite file {os.path.abspath(DEFAULT_DIR)}/pbtune.db)")
+    console.print(f"  checkpoints:      {os.path.abspath(cfg.checkpoints)}")
+    console.print(f"  best checkpoint:  {result.checkpoint_path}")
+    console.print(f"  look at them:     pbtune status {name}; pbtune lineage {name} best")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

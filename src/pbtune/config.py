@@ -1,0 +1,211 @@
+"""Run configuration: one validated object built from Python keywords or a JSON/YAML file.
+
+Example:
+    >>> cfg = RunConfig(name="demo", space={"lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True}},
+    ...                 population=4, budget=20, ready={"interval": 5})
+    >>> cfg.exploit
+    Truncation(quantile=0.2)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pbtune.errors import InvalidConfigError
+from pbtune.space import Space
+from pbtune.strategies import (
+    ExploitStrategy,
+    ExploreStrategy,
+    PerturbOrResample,
+    Ready,
+    Tournament,
+    Truncation,
+    exploit_from_config,
+    explore_from_config,
+    ready_from_config,
+)
+from pbtune.strategies._ranking import check_mode
+
+__all__ = ["RunConfig", "load_config", "DEFAULT_DIR"]
+
+DEFAULT_DIR = "pbtune-runs"
+
+
+def _int(value: Any, field_name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidConfigError(field_name, "config", f"an integer >= {minimum}", value)
+    return value
+
+
+def _positive(value: Any, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidConfigError(field_name, "config", "a number > 0", value)
+    return float(value)
+
+
+@dataclass
+class RunConfig:
+    """Everything a PBT run needs. Strategies and the space accept their config forms.
+
+    Attributes:
+        name: the run's name in the store.
+        space: hyperparameter domains (a :class:`Space` or its config mapping).
+        population: number of members (>= 2).
+        budget: training steps per member.
+        workers: local worker processes (``pbtune.run``); members time-share them.
+        mode: ``"max"`` or ``"min"``: the direction of ``metric``.
+        metric: the key of the trainable's step result that is the score.
+        ready / exploit / explore: strategies (objects or config forms).
+        seed: seeds initial sampling and every decision.
+        storage: SQLAlchemy URL of the population store.
+        checkpoints: folder or fsspec URL of the checkpoint store.
+        keep_checkpoints: newest checkpoints kept per member (>= 1); see docs on disk bounds.
+        checkpoint_interval: steps between checkpoints; defaults to the ready interval.
+        lease_seconds: a worker that stops heartbeating for this long loses its member.
+        trainable: ``"module:Class"`` or ``"path/to/file.py:Class"`` (for ``pbtune run``).
+        trainable_args: keyword arguments for the trainable's constructor.
+    """
+
+    name: str
+    space: Any
+    population: int = 8
+    budget: int = 100
+    workers: int = 1
+    mode: str = "max"
+    metric: str = "score"
+    ready: Any = field(default_factory=lambda: Ready(interval=10))
+    exploit: Any = field(default_factory=Truncation)
+    explore: Any = field(default_factory=PerturbOrResample)
+    seed: int = 0
+    storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
+    checkpoints: str = f"{DEFAULT_DIR}/checkpoints"
+    keep_checkpoints: int = 2
+    checkpoint_interval: int | None = None
+    lease_seconds: float = 60.0
+    trainable: str | None = None
+    trainable_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or "/" in self.name or ".." in self.name:
+            raise InvalidConfigError("name", "config", "a non-empty string without '/' or '..'", self.name)
+        if not isinstance(self.space, Space):
+            self.space = Space(self.space)
+        self.population = _int(self.population, "population", 2)
+        self.budget = _int(self.budget, "budget", 1)
+        self.workers = _int(self.workers, "workers", 1)
+        self.seed = _int(self.seed, "seed", 0)
+        self.keep_checkpoints = _int(self.keep_checkpoints, "keep_checkpoints", 1)
+        check_mode(self.mode, "config")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise InvalidConfigError("metric", "config", "a non-empty string", self.metric)
+        if not isinstance(self.ready, Ready):
+            self.ready = ready_from_config(self.ready)
+        if not isinstance(self.exploit, (Truncation, Tournament)):
+            self.exploit = exploit_from_config(self.exploit)
+        if not isinstance(self.explore, PerturbOrResample):
+            self.explore = explore_from_config(self.explore)
+        if self.checkpoint_interval is not None:
+            self.checkpoint_interval = _int(self.checkpoint_interval, "checkpoint_interval", 1)
+        self.lease_seconds = _positive(self.lease_seconds, "lease_seconds")
+        if not isinstance(self.storage, str) or "://" not in self.storage:
+            raise InvalidConfigError("storage", "config", "a SQLAlchemy URL such as sqlite:///pbt.db", self.storage)
+        if not isinstance(self.checkpoints, str) or not self.checkpoints:
+            raise InvalidConfigError("checkpoints", "config", "a folder or fsspec URL", self.checkpoints)
+        if self.trainable is not None and (not isinstance(self.trainable, str) or ":" not in self.trainable):
+            raise InvalidConfigError("trainable", "config", "'module:Class' or 'file.py:Class'", self.trainable)
+        if not isinstance(self.trainable_args, Mapping):
+            raise InvalidConfigError("trainable_args", "config", "a mapping", self.trainable_args)
+
+    @property
+    def exploit_strategy(self) -> ExploitStrategy:
+        return self.exploit  # type: ignore[no-any-return]
+
+    @property
+    def explore_strategy(self) -> ExploreStrategy:
+        return self.explore  # type: ignore[no-any-return]
+
+    @property
+    def effective_checkpoint_interval(self) -> int:
+        return self.checkpoint_interval or self.ready.interval
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | None = None) -> RunConfig:
+        """Build from a mapping (e.g. a parsed JSON/YAML file); unknown keys are errors."""
+        if not isinstance(data, Mapping):
+            raise InvalidConfigError("config", "file", "a mapping of settings", data)
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise InvalidConfigError(key, "config", f"one of {sorted(known)}", data[key])
+        for required in ("name", "space"):
+            if required not in data:
+                raise InvalidConfigError(required, "config", "set", None)
+        values = dict(data)
+        if base_dir and isinstance(values.get("trainable"), str):
+            values["trainable"] = _resolve_file_target(values["trainable"], base_dir)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (stored with the run, so any process can rebuild it)."""
+        return {
+            "name": self.name,
+            "space": self.space.to_config(),
+            "population": self.population,
+            "budget": self.budget,
+            "workers": self.workers,
+            "mode": self.mode,
+            "metric": self.metric,
+            "ready": {"interval": self.ready.interval, "burn_in": self.ready.burn_in},
+            "exploit": _strategy_dict(self.exploit),
+            "explore": _strategy_dict(self.explore),
+            "seed": self.seed,
+            "storage": self.storage,
+            "checkpoints": self.checkpoints,
+            "keep_checkpoints": self.keep_checkpoints,
+            "checkpoint_interval": self.checkpoint_interval,
+            "lease_seconds": self.lease_seconds,
+            "trainable": self.trainable,
+            "trainable_args": dict(self.trainable_args),
+        }
+
+
+def _strategy_dict(strategy: Any) -> dict[str, Any]:
+    names = {"Truncation": "truncation", "Tournament": "tournament", "Perturb": "perturb",
+             "Resample": "resample", "PerturbOrResample": "perturb_or_resample"}
+    out: dict[str, Any] = {"name": names[type(strategy).__name__]}
+    for f in fields(strategy):
+        value = getattr(strategy, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _resolve_file_target(target: str, base_dir: str) -> str:
+    path, _, attr = target.rpartition(":")
+    if path.endswith(".py") and not os.path.isabs(path):
+        return f"{os.path.normpath(os.path.join(base_dir, path))}:{attr}"
+    return target
+
+
+def load_config(path: str, **overrides: Any) -> RunConfig:
+    """Read a JSON or YAML run config; relative ``.py`` trainable paths resolve against its folder."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise InvalidConfigError("path", "config file", "a readable file", path) from exc
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidConfigError("json", path, f"valid JSON ({exc})", text[:80]) from None
+    if isinstance(data, dict):
+        data.update({k: v for k, v in overrides.items() if v is not None})
+    return RunConfig.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))

@@ -1,0 +1,191 @@
+"""Run a population on local worker processes: ``pbtune.run(...)``."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pbtune.checkpoints import CheckpointStore
+from pbtune.config import RunConfig
+from pbtune.engine.trainable import Trainable
+from pbtune.engine.worker import Worker, load_trainable
+from pbtune.errors import PBTuneError
+from pbtune.lineage import ScheduleEntry, schedule
+from pbtune.member import Population
+from pbtune.store.base import PopulationStore
+from pbtune.strategies._ranking import ranked
+from pbtune.types import MemberRecord, MemberState
+
+__all__ = ["run", "RunResult", "best_member", "worker_main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run found."""
+
+    run: str
+    best: MemberRecord
+    checkpoint_path: str | None
+    schedule: list[ScheduleEntry]
+    members: tuple[MemberRecord, ...]
+    storage: str
+    checkpoints: str
+
+    @property
+    def best_score(self) -> float | None:
+        return self.best.score
+
+
+def best_member(members: tuple[MemberRecord, ...], mode: str) -> MemberRecord:
+    """The member with the best last score (failed members excluded when others exist)."""
+    alive = [m for m in members if m.state is not MemberState.FAILED] or list(members)
+    order = ranked(alive, mode)
+    if not order:
+        raise PBTuneError("no member has reported a score yet")
+    return order[0]
+
+
+def summarize(config: RunConfig, store: PopulationStore, checkpoints: CheckpointStore) -> RunResult:
+    members = store.list_members(config.name)
+    best = best_member(members, config.mode)
+    path = checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "") if best.checkpoint else None
+    return RunResult(
+        run=config.name, best=best, checkpoint_path=path,
+        schedule=schedule(store.events(config.name), best.member_id), members=members,
+        storage=config.storage, checkpoints=config.checkpoints,
+    )
+
+
+def worker_main(config_dict: Mapping[str, Any], trainable: type[Trainable] | str, worker_id: str) -> None:
+    """Entry point of a local worker process."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: oversubscription is ~10x slower
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    config = RunConfig.from_dict(config_dict)
+    cls = load_trainable(trainable) if isinstance(trainable, str) else trainable
+    Worker(config, cls, worker_id=worker_id).run()
+
+
+def run(
+    trainable: type[Trainable] | str | None = None,
+    config: RunConfig | None = None,
+    *,
+    progress: bool = True,
+    max_restarts: int | None = None,
+    **settings: Any,
+) -> RunResult:
+    """Train a population with PBT on ``workers`` local processes and return the best member.
+
+    Args:
+        trainable: a :class:`Trainable` subclass (importable by module, for the worker
+            processes) or ``"module:Class"``; defaults to ``config.trainable``.
+        config: a :class:`RunConfig`; or pass its fields as keywords.
+        progress: show a live progress bar (rich).
+        max_restarts: worker processes restarted after they die (default ``3 * workers``).
+
+    Example::
+
+        result = pbtune.run(MyTrainable, name="exp", space={"lr": Float(1e-4, 1e-1, log=True)},
+                            population=8, workers=2, budget=100, ready={"interval": 10})
+        print(result.best.score, result.checkpoint_path, result.schedule)
+    """
+    if config is None:
+        config = RunConfig(**settings)
+    elif settings:
+        raise PBTuneError("pass either config= or the config fields as keywords, not both")
+    target: type[Trainable] | str | None = trainable if trainable is not None else config.trainable
+    if target is None:
+        raise PBTuneError("no trainable: pass one to run() or set `trainable` in the config")
+    if isinstance(target, str):
+        load_trainable(target)  # fail here, not in every worker
+    _ensure_parent_dir(config.storage)
+    population = Population(config)
+    context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
+    restarts_left = 3 * config.workers if max_restarts is None else max_restarts
+    config_dict = config.to_dict()
+
+    def start(index: int) -> mp.process.BaseProcess:
+        worker_id = f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}"
+        proc = context.Process(target=worker_main, args=(config_dict, target, worker_id), daemon=True)
+        proc.start()
+        return proc
+
+    procs = [start(i) for i in range(config.workers)]
+    display = _Progress(config, population.store) if progress else None
+    try:
+        while True:
+            if display is not None:
+                display.update()
+            members = population.store.list_members(config.name)
+            if all(m.state.is_final for m in members):
+                break
+            for index, proc in enumerate(procs):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                if restarts_left <= 0:
+                    if not any(p.is_alive() for p in procs):
+                        raise PBTuneError(
+                            f"all workers of run {config.name!r} exited (last exit code {proc.exitcode}) "
+                            "before the population finished; see the worker output above"
+                        )
+                    continue
+                if proc.exitcode != 0 or not all(m.state.is_final for m in members):
+                    restarts_left -= 1
+                    log.warning("worker %d exited with %s; starting a replacement", index, proc.exitcode)
+                    procs[index] = start(index)
+            time.sleep(0.2)
+        for proc in procs:
+            proc.join(timeout=30)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        if display is not None:
+            display.close()
+    return summarize(config, population.store, population.checkpoints)
+
+
+def _ensure_parent_dir(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and len(url) > len(prefix):
+        folder = os.path.dirname(url[len(prefix):])
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+
+
+class _Progress:
+    """A rich progress bar fed from the store: member-steps done out of population x budget."""
+
+    def __init__(self, config: RunConfig, store: PopulationStore) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._config, self._store = config, store
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]}"), TimeRemainingColumn(), transient=False,
+        )
+        self._task = self._progress.add_task(config.name, total=config.population * config.budget, best="-")
+        self._progress.start()
+
+    def update(self) -> None:
+        members = self._store.list_members(self._config.name)
+        scored = ranked(members, self._config.mode)
+        best = f"{scored[0].score:.5g} (member {scored[0].member_id})" if scored else "-"
+        done = sum(self._config.budget if m.state.is_final else m.step for m in members)
+        self._progress.update(self._task, completed=done, best=best)
+
+    def close(self) -> None:
+        self.update()
+        self._progress.stop()

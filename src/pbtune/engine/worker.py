@@ -1,0 +1,243 @@
+"""The worker loop: lease a member, train it to its next checkpoint, decide, repeat.
+
+Any number of workers (local processes, Ray actors, `pbtune worker` under SLURM) run this loop
+against the same stores; they coordinate only through leases in the population store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pbtune.checkpoints import CheckpointStore
+from pbtune.config import RunConfig
+from pbtune.engine.trainable import Trainable
+from pbtune.errors import InvalidConfigError, LeaseLostError, PBTuneError
+from pbtune.member import Member
+from pbtune.store import open_store
+from pbtune.store.base import PopulationStore
+
+__all__ = ["load_trainable", "Worker", "WorkerStats"]
+
+log = logging.getLogger(__name__)
+
+TrainableFactory = Callable[[], Trainable]
+
+
+def load_trainable(target: str) -> type[Trainable]:
+    """Import ``"package.module:Class"`` or ``"path/to/file.py:Class"``."""
+    path, sep, attr = target.rpartition(":")
+    if not sep or not path or not attr:
+        raise InvalidConfigError("trainable", "config", "'module:Class' or 'file.py:Class'", target)
+    try:
+        if path.endswith(".py"):
+            module_name = f"pbtune_user_{abs(hash(os.path.abspath(path)))}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                if spec is None or spec.loader is None:
+                    raise ImportError(f"cannot load {path}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(path)
+        cls = getattr(module, attr)
+    except (ImportError, AttributeError, FileNotFoundError) as exc:
+        raise InvalidConfigError("trainable", "config", "an importable Trainable subclass", target) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Trainable)):
+        raise InvalidConfigError("trainable", "config", "a subclass of pbtune.Trainable", target)
+    return cls
+
+
+@dataclass
+class WorkerStats:
+    segments: int = 0
+    steps: int = 0
+    failures: int = 0
+
+
+class _Heartbeat(threading.Thread):
+    """Extends this worker's leases while a long step runs."""
+
+    def __init__(self, store: PopulationStore, run: str, worker: str, lease_seconds: float) -> None:
+        super().__init__(daemon=True, name=f"pbtune-heartbeat-{worker}")
+        self._store, self._run, self._worker, self._lease = store, run, worker, lease_seconds
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._lease / 3):
+            try:
+                self._store.heartbeat(self._run, self._worker, self._lease)
+            except PBTuneError as exc:  # the next beat tries again; the lease has slack
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class Worker:
+    """Trains members of one run until every member is finished or failed.
+
+    Args:
+        config: the run (it must already exist in the store: see :class:`pbtune.Population`).
+        trainable: a Trainable subclass or a zero-argument factory.
+        worker_id: unique name of this worker (defaults to host-pid-random).
+        time_share: release a member at each checkpoint so others can use this worker;
+            needed when the population is larger than the number of workers.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        trainable: type[Trainable] | TrainableFactory,
+        *,
+        worker_id: str | None = None,
+        time_share: bool | None = None,
+        store: PopulationStore | None = None,
+        checkpoints: CheckpointStore | None = None,
+        poll_seconds: float = 0.1,
+    ) -> None:
+        self.config = config
+        self._factory: TrainableFactory = (
+            (lambda: trainable(**config.trainable_args))  # type: ignore[misc,call-arg]
+            if isinstance(trainable, type)
+            else trainable
+        )
+        self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.time_share = config.population > config.workers if time_share is None else time_share
+        self.store = store if store is not None else open_store(config.storage)
+        self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
+        self._poll = poll_seconds
+        self._scratch = tempfile.mkdtemp(prefix="pbtune-worker-")
+        self._cached: tuple[int, str | None, Trainable] | None = None  # (member, checkpoint key, trainable)
+        self.stats = WorkerStats()
+
+    def run(self) -> WorkerStats:
+        heartbeat = _Heartbeat(self.store, self.config.name, self.worker_id, self.config.lease_seconds)
+        heartbeat.start()
+        try:
+            while True:
+                record = self.store.claim(
+                    self.config.name, self.worker_id, self.config.lease_seconds, self.config.budget
+                )
+                if record is None:
+                    if self._all_done():
+                        return self.stats
+                    time.sleep(self._poll)
+                    continue
+                self._train_segment(record.member_id)
+        finally:
+            heartbeat.stop()
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _all_done(self) -> bool:
+        return all(m.state.is_final for m in self.store.list_members(self.config.name))
+
+    # -- one member, from its claim to its release ---------------------------------------------
+    def _train_segment(self, member_id: int) -> None:
+        member = Member(self.store, self.checkpoints, self.config, member_id, worker=self.worker_id)
+        self.stats.segments += 1
+        try:
+            trainable = self._restore(member)
+            self._train(member, trainable)
+        except LeaseLostError as exc:
+            log.warning("%s", exc)  # another worker resumed this member; drop our copy
+            self._cached = None
+        except Exception:  # the user's code failed: record it, keep the run going
+            self.stats.failures += 1
+            self._cached = None
+            member.fail(traceback.format_exc())
+
+    def _restore(self, member: Member) -> Trainable:
+        record = member.record
+        if self._cached is not None and self._cached[:2] == (member.member_id, record.checkpoint):
+            return self._cached[2]
+        self._cached = None
+        trainable = self._factory()
+        trainable.setup(member.hparams)
+        path = member.parameters_path()
+        if path is not None:
+            trainable.load(path)
+        return trainable
+
+    def _train(self, member: Member, trainable: Trainable) -> None:
+        config = self.config
+        interval = config.effective_checkpoint_interval
+        while member.step < config.budget:
+            metrics = trainable.step()
+            step = member.step + 1
+            score = _score_of(metrics, config.metric)
+            checkpoint = None
+            if step % interval == 0 or step >= config.budget:
+                checkpoint = os.path.join(self._scratch, f"m{member.member_id}-s{step}.ckpt")
+                trainable.save(checkpoint)
+            try:
+                member.report(step, score, checkpoint=checkpoint, metrics=_plain(metrics))
+            finally:
+                if checkpoint is not None:
+                    _remove(checkpoint)
+            self.stats.steps += 1
+            if checkpoint is None or step >= config.budget:
+                continue
+            if member.should_exploit() and member.exploit() is not None:
+                trainable = self._adopt(member, trainable)
+            if self.time_share:
+                self._cached = (member.member_id, member.record.checkpoint, trainable)
+                member.pause()
+                return
+        member.finish()
+        self._cached = None
+
+    def _adopt(self, member: Member, trainable: Trainable) -> Trainable:
+        """Load the donor's weights and apply the explored hyperparameters."""
+        new_hparams = member.explore()
+        path = member.parameters_path()
+        assert path is not None  # exploit() just copied a checkpoint
+        if trainable.applies_hparams_in_place():
+            trainable.load(path)
+            trainable.set_hparams(new_hparams)
+            return trainable
+        rebuilt = self._factory()
+        rebuilt.setup(new_hparams)
+        rebuilt.load(path)
+        return rebuilt
+
+
+def _score_of(metrics: Mapping[str, Any], metric: str) -> float:
+    if not isinstance(metrics, Mapping) or metric not in metrics:
+        keys = sorted(metrics) if isinstance(metrics, Mapping) else type(metrics).__name__
+        raise PBTuneError(f"Trainable.step() must return a mapping with the key {metric!r} (config `metric`); got {keys}")
+    return float(metrics[metric])
+
+
+def _plain(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            out[str(key)] = value
+        else:
+            try:
+                out[str(key)] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)

@@ -1,0 +1,71 @@
+"""Hyperparameter schedules computed from the append-only lineage events (pure functions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pbtune.types import EventRecord
+
+__all__ = ["ScheduleEntry", "schedule"]
+
+_SCHEDULE_KINDS = ("init", "exploit", "explore")
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """From model-age ``step`` on, the model trained with ``hparams`` (as member ``member_id``)."""
+
+    step: int
+    hparams: Mapping[str, Any]
+    member_id: int
+    kind: str
+
+
+def schedule(events: Iterable[EventRecord], member_id: int, *, until_step: int | None = None) -> list[ScheduleEntry]:
+    """The hyperparameter schedule that produced ``member_id``'s model, along its ancestry.
+
+    Steps are the model's age: after member M at its step s copied donor D's checkpoint of
+    step d, M's later entries are shifted by ``d - s``, so the schedule can be replayed from
+    scratch. Inherited segments come first, as the donor's own schedule up to step d.
+    """
+    by_member: dict[int, list[EventRecord]] = {}
+    for event in events:
+        if event.kind in _SCHEDULE_KINDS:
+            by_member.setdefault(event.member_id, []).append(event)
+    return _dedupe(_schedule(by_member, member_id, until_step, depth=0))
+
+
+def _schedule(
+    by_member: Mapping[int, list[EventRecord]], member_id: int, until_step: int | None, depth: int
+) -> list[ScheduleEntry]:
+    if depth > 10_000:  # a cycle would be a store bug; do not recurse forever
+        raise RuntimeError("lineage has a cycle")
+    own = [e for e in by_member.get(member_id, []) if until_step is None or e.step <= until_step]
+    last_exploit = max((i for i, e in enumerate(own) if e.kind == "exploit"), default=None)
+    if last_exploit is None:
+        return [ScheduleEntry(e.step, dict(e.new_hparams or {}), member_id, e.kind) for e in own]
+    pivot = own[last_exploit]
+    assert pivot.donor_id is not None and pivot.donor_step is not None
+    inherited = _schedule(by_member, pivot.donor_id, pivot.donor_step, depth + 1)
+    shift = pivot.donor_step - pivot.step
+    tail = [
+        ScheduleEntry(e.step + shift, dict(e.new_hparams or {}), member_id, e.kind) for e in own[last_exploit:]
+    ]
+    return inherited + tail
+
+
+def _dedupe(entries: list[ScheduleEntry]) -> list[ScheduleEntry]:
+    """Drop entries that change nothing; of several at the same step the last one wins."""
+    out: list[ScheduleEntry] = []
+    for entry in entries:
+        if out and out[-1].step == entry.step:
+            out[-1] = entry
+        elif not out or dict(out[-1].hparams) != dict(entry.hparams):
+            out.append(entry)
+    deduped: list[ScheduleEntry] = []
+    for entry in out:
+        if not deduped or dict(deduped[-1].hparams) != dict(entry.hparams):
+            deduped.append(entry)
+    return deduped

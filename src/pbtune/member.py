@@ -1,0 +1,265 @@
+"""The Member handle: one member's side of PBT (Algorithm 1 of the paper).
+
+Example (bring your own loop)::
+
+    population = pbtune.Population(config)          # creates or reopens the run in the store
+    member = population.member(0)                   # joins (or rejoins) as member 0
+    for step in range(1, 101):
+        train_one_step(model, member.hparams)
+        if step % 10 == 0:
+            torch.save(model.state_dict(), "ckpt.pt")
+            member.save("ckpt.pt", evaluate(model))
+            if member.should_exploit():
+                member.exploit()
+                model.load_state_dict(torch.load(member.parameters_path()))
+                member.explore()
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pbtune.checkpoints import CheckpointStore
+from pbtune.config import RunConfig
+from pbtune.errors import CheckpointError, PBTuneError
+from pbtune.store.base import PopulationStore
+from pbtune.strategies import Exploit
+from pbtune.types import MemberRecord, MemberState
+
+__all__ = ["Member", "Donor", "Population", "decision_rng"]
+
+_PIN_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Donor:
+    """The member whose weights and hyperparameters were copied."""
+
+    member_id: int
+    step: int
+    score: float
+    hparams: Mapping[str, Any]
+
+
+def decision_rng(seed: int, member_id: int, step: int, purpose: str) -> random.Random:
+    """A generator that depends only on what is being decided, never on process or timing."""
+    return random.Random(f"{seed}:{member_id}:{step}:{purpose}")
+
+
+class Member:
+    """One population member; talks to the population only through the stores."""
+
+    def __init__(
+        self,
+        store: PopulationStore,
+        checkpoints: CheckpointStore,
+        config: RunConfig,
+        member_id: int,
+        *,
+        worker: str | None = None,
+    ) -> None:
+        self._store = store
+        self._checkpoints = checkpoints
+        self._config = config
+        self.member_id = member_id
+        self._worker = worker
+        self._record = store.get_member(config.name, member_id)
+        self._pending: tuple[Exploit, MemberRecord] | None = None
+        self._loaded_path: str | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def run(self) -> str:
+        return self._config.name
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters to train with now."""
+        return dict(self._record.hparams)
+
+    @property
+    def step(self) -> int:
+        return self._record.step
+
+    @property
+    def record(self) -> MemberRecord:
+        return self._record
+
+    def refresh(self) -> MemberRecord:
+        self._record = self._store.get_member(self.run, self.member_id)
+        return self._record
+
+    # -- Algorithm 1 -------------------------------------------------------------------------
+    def save(self, ckpt_path: str, metric: float, *, step: int | None = None) -> None:
+        """Report ``metric`` with the checkpoint at ``ckpt_path``; ``step`` defaults to last step + 1."""
+        self.report(self._record.step + 1 if step is None else step, metric, checkpoint=ckpt_path)
+
+    def report(
+        self,
+        step: int,
+        metric: float,
+        *,
+        checkpoint: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record the score at ``step`` and, if given, store the checkpoint file or folder."""
+        ref = None
+        if checkpoint is not None:
+            ref = self._checkpoints.put(checkpoint, run=self.run, member_id=self.member_id, step=step)
+        try:
+            self._record = self._store.report(
+                self.run, self.member_id, step, float(metric), metrics=metrics, checkpoint=ref, worker=self._worker
+            )
+        except BaseException:
+            if ref is not None:
+                self._checkpoints.delete(ref.key)
+            raise
+        self._loaded_path = None
+        if ref is not None:
+            for key in self._store.collect_checkpoints(self.run, self.member_id, self._config.keep_checkpoints):
+                self._checkpoints.delete(key)
+
+    def is_ready(self) -> bool:
+        return self._config.ready.is_ready(self._record)
+
+    def should_exploit(self) -> bool:
+        """True when the member is ready and the exploit strategy picked a donor.
+
+        A ready check that decides to continue restarts the ready interval.
+        """
+        self._pending = None
+        me = self.refresh()
+        if not self._config.ready.is_ready(me):
+            return False
+        population = [m for m in self._store.list_members(self.run) if m.state is not MemberState.FAILED]
+        if not any(m.member_id == self.member_id for m in population):
+            return False
+        rng = decision_rng(self._config.seed, self.member_id, me.step, "exploit")
+        decision = self._config.exploit_strategy.decide(population, self.member_id, rng, mode=self._config.mode)
+        if isinstance(decision, Exploit):
+            donor = next(m for m in population if m.member_id == decision.donor_id)
+            self._pending = (decision, donor)
+            return True
+        self._store.mark_ready_checked(self.run, self.member_id, me.step, me.version)
+        self.refresh()
+        return False
+
+    def exploit(self) -> Donor | None:
+        """Copy the chosen donor's checkpoint and hyperparameters into this member.
+
+        Returns the donor, or None when nothing was copied because the donor's checkpoint was
+        collected or this member changed concurrently (train on; the next ready point decides
+        again). Afterwards :meth:`parameters_path` is the copy to load.
+        """
+        if self._pending is None:
+            raise PBTuneError("exploit() needs a donor: call should_exploit() first and check it returned True")
+        decision, donor = self._pending
+        self._pending = None
+        me = self._record
+        holder = f"{self.run}/{self.member_id}/{uuid.uuid4().hex[:8]}"
+        key = decision.donor_checkpoint
+        if not self._store.pin_checkpoint(self.run, key, holder, _PIN_SECONDS):
+            self._store.mark_ready_checked(self.run, self.member_id, me.step, me.version)
+            self.refresh()
+            return None
+        try:
+            copy = self._checkpoints.copy(
+                key, donor.checkpoint_sha256 or "", run=self.run, member_id=self.member_id, step=me.step
+            )
+        except CheckpointError:
+            self._store.unpin_checkpoint(self.run, key, holder)
+            raise
+        try:
+            summary = (
+                f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
+                f" over member {self.member_id} (score {me.score if me.score is None else f'{me.score:.6g}'})"
+            )
+            updated = self._store.apply_exploit(
+                self.run, self.member_id, expected_version=me.version, donor_id=donor.member_id,
+                donor_step=decision.donor_step, hparams=donor.hparams, checkpoint=copy, summary=summary,
+            )
+        finally:
+            self._store.unpin_checkpoint(self.run, key, holder)
+        if updated is None:
+            self._checkpoints.delete(copy.key)
+            self.refresh()
+            return None
+        self._record = updated
+        self._loaded_path = self._checkpoints.fetch(copy.key, copy.sha256)
+        for stale in self._store.collect_checkpoints(self.run, self.member_id, self._config.keep_checkpoints):
+            self._checkpoints.delete(stale)
+        return Donor(donor.member_id, decision.donor_step, decision.donor_score, dict(donor.hparams))
+
+    def explore(self) -> dict[str, Any]:
+        """Perturb or resample the hyperparameters (per the explore strategy); return the new ones."""
+        me = self.refresh()
+        rng = decision_rng(self._config.seed, self.member_id, me.step, "explore")
+        new, changes = self._config.explore_strategy.explore(me.hparams, self._config.space, rng)
+        summary = "; ".join(change.summary() for change in changes)
+        updated = self._store.set_hparams(
+            self.run, self.member_id, new, expected_version=me.version, kind="explore", summary=summary
+        )
+        self._record = updated if updated is not None else self.refresh()
+        return self.hparams
+
+    def parameters_path(self) -> str | None:
+        """Local path of the checkpoint to load: the donor's copy after an exploit, else the last save."""
+        if self._loaded_path is None and self._record.checkpoint is not None:
+            self._loaded_path = self._checkpoints.fetch(self._record.checkpoint, self._record.checkpoint_sha256 or "")
+        return self._loaded_path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def finish(self) -> None:
+        self._record = self._store.set_state(self.run, self.member_id, MemberState.FINISHED, worker=self._worker)
+
+    def fail(self, error: str) -> None:
+        self._record = self._store.set_state(
+            self.run, self.member_id, MemberState.FAILED, worker=self._worker, error=error
+        )
+
+    def pause(self) -> None:
+        self._record = self._store.set_state(self.run, self.member_id, MemberState.PAUSED, worker=self._worker)
+
+
+class Population:
+    """A run in a store: creates it (and samples every member's first hyperparameters) or reopens it.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> cfg = RunConfig(name="doc", space={"x": {"type": "float", "low": 0, "high": 1}}, population=2,
+        ...                 storage=f"sqlite:///{d}/pbt.db", checkpoints=f"{d}/ck")
+        >>> pop = Population(cfg)
+        >>> sorted(m.member_id for m in pop.members())
+        [0, 1]
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        store: PopulationStore | None = None,
+        checkpoints: CheckpointStore | None = None,
+    ) -> None:
+        from pbtune.store import open_store
+
+        self.config = config
+        self.store = store if store is not None else open_store(config.storage)
+        self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
+        self.store.create_run(config.name, config.to_dict())
+        rng = random.Random(f"{config.seed}:init")
+        for member_id in range(config.population):
+            self.store.add_member(config.name, member_id, config.space.sample(rng))
+
+    def member(self, member_id: int, *, worker: str | None = None) -> Member:
+        """A handle on one member; rejoining with the same id continues where it left off."""
+        if not 0 <= member_id < self.config.population:
+            raise PBTuneError(f"member_id must be in [0, {self.config.population}); got {member_id}")
+        return Member(self.store, self.checkpoints, self.config, member_id, worker=worker)
+
+    def members(self) -> tuple[MemberRecord, ...]:
+        return self.store.list_members(self.config.name)

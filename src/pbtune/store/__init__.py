@@ -1,0 +1,19 @@
+"""Population stores: where members, scores and lineage live."""
+
+from __future__ import annotations
+
+from pbtune.store.base import CheckpointRef, PopulationStore
+from pbtune.store.sql import SQLStore
+
+__all__ = ["CheckpointRef", "PopulationStore", "SQLStore", "open_store"]
+
+
+def open_store(url: str, **kwargs: object) -> PopulationStore:
+    """Open the store at a SQLAlchemy URL (``sqlite:///pbt.db``, ``postgresql+psycopg://...``).
+
+    Example:
+        >>> store = open_store("sqlite://")
+        >>> store.list_runs()
+        ()
+    """
+    return SQLStore(url, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,106 @@
+"""The SQL schema of the population store. Bump SCHEMA_VERSION with every change."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "pbtune_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+runs = Table(
+    "pbtune_runs",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("config", JSON, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+members = Table(
+    "pbtune_members",
+    metadata,
+    Column("run", String(200), primary_key=True),
+    Column("member_id", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    Column("step", Integer, nullable=False, default=0),
+    Column("hparams", JSON, nullable=False),
+    Column("score", Float),  # SQLite stores NaN as NULL: score_step tells NaN from "no score"
+    Column("score_step", Integer),
+    Column("checkpoint", String(500)),
+    Column("checkpoint_step", Integer),
+    Column("checkpoint_sha256", String(64)),
+    Column("last_ready_step", Integer, nullable=False, default=0),
+    Column("version", Integer, nullable=False, default=0),
+    Column("lease_owner", String(200)),
+    Column("lease_expires", Float),
+    Column("error", Text),
+    Column("updated", Float, nullable=False),
+)
+
+scores = Table(
+    "pbtune_scores",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run", String(200), nullable=False),
+    Column("member_id", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("score", Float),
+    Column("metrics", JSON),
+    Column("time", Float, nullable=False),
+    Index("ix_pbtune_scores_run_member", "run", "member_id"),
+)
+
+events = Table(
+    "pbtune_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run", String(200), nullable=False),
+    Column("member_id", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("donor_id", Integer),
+    Column("donor_step", Integer),
+    Column("old_hparams", JSON),
+    Column("new_hparams", JSON),
+    Column("summary", Text, nullable=False, default=""),
+    Column("time", Float, nullable=False),
+    Index("ix_pbtune_events_run_member", "run", "member_id"),
+)
+
+checkpoints = Table(
+    "pbtune_checkpoints",
+    metadata,
+    Column("run", String(200), primary_key=True),
+    Column("key", String(500), primary_key=True),
+    Column("member_id", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+pins = Table(
+    "pbtune_pins",
+    metadata,
+    Column("run", String(200), primary_key=True),
+    Column("key", String(500), primary_key=True),
+    Column("holder", String(200), primary_key=True),
+    Column("expires", Float, nullable=False),
+)

@@ -1,0 +1,202 @@
+"""The population store contract.
+
+Rules every implementation follows:
+
+* Process and thread safe: many workers on many machines share one store. Every write that
+  another worker could race with is compare-and-set (on ``version`` or on a lease) inside one
+  transaction, and returns ``None``/``False`` when the other worker won.
+* Reads return frozen snapshots (:mod:`pbtune.types`); changing them changes nothing.
+* Member states follow :data:`pbtune.types.LEGAL_TRANSITIONS`; changing a finished or failed
+  member raises :class:`~pbtune.errors.MemberFinishedError`.
+* Driver errors surface as :class:`~pbtune.errors.StoreError` after a bounded, jittered retry.
+* Scores and lineage events are append-only.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pbtune.types import EventRecord, MemberRecord, MemberState, RunRecord, ScoreRecord
+
+__all__ = ["PopulationStore", "CheckpointRef"]
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint already written to the checkpoint store."""
+
+    key: str
+    step: int
+    sha256: str
+    size: int
+
+
+class PopulationStore(abc.ABC):
+    """Members, scores, lineage events, leases and checkpoint bookkeeping of PBT runs."""
+
+    # -- runs ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_run(self, name: str, config: Mapping[str, Any]) -> RunRecord:
+        """Create a run, or return it if it exists (its stored config wins).
+
+        Raises:
+            StoreError: the database failed.
+        """
+
+    @abc.abstractmethod
+    def get_run(self, name: str) -> RunRecord:
+        """Raises:
+        NotFoundError: no run of that name.
+        """
+
+    @abc.abstractmethod
+    def list_runs(self) -> tuple[RunRecord, ...]:
+        """All runs, oldest first."""
+
+    # -- members ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_member(self, run: str, member_id: int, hparams: Mapping[str, Any]) -> MemberRecord:
+        """Add a PENDING member and its ``init`` event; if it exists, return it unchanged.
+
+        Raises:
+            NotFoundError: the run does not exist.
+        """
+
+    @abc.abstractmethod
+    def get_member(self, run: str, member_id: int) -> MemberRecord:
+        """Raises:
+        NotFoundError: no such member.
+        """
+
+    @abc.abstractmethod
+    def list_members(self, run: str) -> tuple[MemberRecord, ...]:
+        """All members of a run ordered by id (a consistent snapshot)."""
+
+    @abc.abstractmethod
+    def report(
+        self,
+        run: str,
+        member_id: int,
+        step: int,
+        score: float,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        checkpoint: CheckpointRef | None = None,
+        worker: str | None = None,
+    ) -> MemberRecord:
+        """Append a score (and optionally a new checkpoint) and move the member to ``step``.
+
+        Raises:
+            MemberFinishedError: the member is finished or failed.
+            LeaseLostError: ``worker`` is given and no longer holds the member's lease.
+            NotFoundError: no such member.
+        """
+
+    @abc.abstractmethod
+    def mark_ready_checked(self, run: str, member_id: int, step: int, expected_version: int) -> bool:
+        """Record that the member was checked for exploit at ``step``. False if ``version`` moved."""
+
+    @abc.abstractmethod
+    def apply_exploit(
+        self,
+        run: str,
+        member_id: int,
+        *,
+        expected_version: int,
+        donor_id: int,
+        donor_step: int,
+        hparams: Mapping[str, Any],
+        checkpoint: CheckpointRef,
+        summary: str,
+    ) -> MemberRecord | None:
+        """Take the donor's hyperparameters and the copy of its checkpoint; append an ``exploit`` event.
+
+        Returns None (and changes nothing) if the member changed since ``expected_version``.
+
+        Raises:
+            MemberFinishedError: the member is finished or failed.
+        """
+
+    @abc.abstractmethod
+    def set_hparams(
+        self,
+        run: str,
+        member_id: int,
+        hparams: Mapping[str, Any],
+        *,
+        expected_version: int,
+        kind: str = "explore",
+        summary: str = "",
+    ) -> MemberRecord | None:
+        """Replace the hyperparameters; append an event of ``kind``. None if the member changed.
+
+        Raises:
+            MemberFinishedError: the member is finished or failed.
+        """
+
+    @abc.abstractmethod
+    def set_state(
+        self,
+        run: str,
+        member_id: int,
+        state: MemberState,
+        *,
+        worker: str | None = None,
+        error: str | None = None,
+    ) -> MemberRecord:
+        """Move the member to ``state`` (releasing any lease unless it is RUNNING).
+
+        Raises:
+            IllegalTransitionError: not allowed from the current state.
+            MemberFinishedError: the member is finished or failed.
+            LeaseLostError: ``worker`` is given and does not hold the lease.
+        """
+
+    # -- leases ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def claim(self, run: str, worker: str, lease_seconds: float, budget: int) -> MemberRecord | None:
+        """Lease the least advanced runnable member below ``budget`` steps, or return None.
+
+        Runnable: PENDING, PAUSED, or RUNNING whose lease expired (its worker died). A member
+        taken over from a dead worker is rolled back to its last checkpoint and gets a
+        ``resume`` event.
+        """
+
+    @abc.abstractmethod
+    def heartbeat(self, run: str, worker: str, lease_seconds: float) -> set[int]:
+        """Extend every lease ``worker`` holds; return the ids it still holds."""
+
+    # -- history -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def scores(self, run: str, member_id: int | None = None) -> tuple[ScoreRecord, ...]:
+        """Every reported score, in report order."""
+
+    @abc.abstractmethod
+    def events(self, run: str, member_id: int | None = None) -> tuple[EventRecord, ...]:
+        """Lineage events in the order they happened."""
+
+    # -- checkpoint bookkeeping --------------------------------------------------------------
+    @abc.abstractmethod
+    def pin_checkpoint(self, run: str, key: str, holder: str, ttl_seconds: float) -> bool:
+        """Protect ``key`` from garbage collection while ``holder`` copies it.
+
+        False if the checkpoint was already collected (the caller decides again).
+        """
+
+    @abc.abstractmethod
+    def unpin_checkpoint(self, run: str, key: str, holder: str) -> None:
+        """Drop the pin taken by ``holder``."""
+
+    @abc.abstractmethod
+    def collect_checkpoints(self, run: str, member_id: int, keep: int) -> list[str]:
+        """Forget and return the keys of the member's checkpoints that nobody needs any more.
+
+        Kept: the member's current checkpoint, its ``keep`` newest, and every pinned one.
+        The caller deletes the returned keys from the checkpoint store.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,594 @@
+"""PopulationStore over SQLAlchemy: SQLite (embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode and takes the write lock at the start of every writing transaction
+(``BEGIN IMMEDIATE``), so compare-and-set reads cannot go stale inside a transaction. Its
+limits: one writer at a time (fine up to a few dozen workers on one machine), and the database
+file must be on a local disk (WAL does not work over NFS). Use PostgreSQL when the population
+spans machines; there, rows are locked with ``SELECT ... FOR UPDATE``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from pbtune.errors import (
+    IllegalTransitionError,
+    LeaseLostError,
+    MemberFinishedError,
+    NotFoundError,
+    SchemaVersionError,
+    StoreError,
+)
+from pbtune.store import _schema as s
+from pbtune.store.base import CheckpointRef, PopulationStore
+from pbtune.types import (
+    LEGAL_TRANSITIONS,
+    EventRecord,
+    MemberRecord,
+    MemberState,
+    RunRecord,
+    ScoreRecord,
+)
+
+__all__ = ["SQLStore"]
+
+T = TypeVar("T")
+
+# Driver messages that mean "try the transaction again": lock contention, serialization
+# failures, deadlocks, and connections dropped by a restarting server.
+_TRANSIENT = (
+    "database is locked",
+    "database is busy",
+    "could not serialize",
+    "deadlock detected",
+    "server closed the connection",
+    "terminating connection",
+    "connection refused",
+    "connection is closed",
+    "the connection is lost",
+    "consuming input failed",
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    text = str(exc).lower()
+    return any(marker in text for marker in _TRANSIENT)
+
+
+def _score_in(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _score_out(value: float | None, reported: bool) -> float | None:
+    # SQLite turns NaN into NULL; a reported-but-NULL score was NaN.
+    if value is None:
+        return math.nan if reported else None
+    return float(value)
+
+
+class SQLStore(PopulationStore):
+    """The SQL population store.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:///pbt.db`` or ``postgresql+psycopg://user@host/db``.
+        retry_seconds: how long a transaction is retried on lock contention or a dropped
+            connection before :class:`StoreError` is raised.
+        clock: returns the current time in seconds (injectable for tests).
+
+    Example:
+        >>> store = SQLStore("sqlite://")
+        >>> store.create_run("demo", {}).name
+        'demo'
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_seconds: float = 120.0,
+        clock: Callable[[], float] = time.time,
+        create: bool = True,
+    ) -> None:
+        self.url = url
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._rng = random.Random()
+        self._engine = self._make_engine(url)
+        if create:
+            self._transaction(self._ensure_schema)
+        else:
+            self._check_schema_version()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @staticmethod
+    def _make_engine(url: str) -> Engine:
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            return sa.create_engine(url, pool_pre_ping=True, future=True)
+        in_memory = parsed.database in (None, "", ":memory:")
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            poolclass=sa.pool.StaticPool if in_memory else sa.pool.QueuePool,
+            future=True,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            read_only = conn.get_execution_options().get("pbtune_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+        return engine
+
+    @property
+    def _for_update(self) -> bool:
+        return self._engine.dialect.name != "sqlite"  # SQLite already holds the write lock
+
+    def _transaction(self, body: Callable[[Connection], T], *, read_only: bool = False) -> T:
+        """Run ``body`` in one transaction: commit, or roll back and retry transient errors.
+
+        A context manager cannot re-run its block, hence a callable. Retries back off
+        exponentially with full jitter for at most ``retry_seconds``.
+        """
+        deadline = time.monotonic() + self._retry_seconds
+        delay = 0.01
+        while True:
+            try:
+                with self._engine.connect() as conn:
+                    if read_only:
+                        conn = conn.execution_options(pbtune_read_only=True)
+                    with conn.begin():
+                        return body(conn)
+            except (OperationalError, DBAPIError) as exc:
+                if not _is_transient(exc) or time.monotonic() >= deadline:
+                    raise StoreError(f"population store {self._safe_url()} failed: {exc}") from exc
+                time.sleep(self._rng.uniform(0, delay))
+                delay = min(delay * 2, 1.0)
+
+    def _safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        s.metadata.create_all(conn, checkfirst=True)
+        row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == "schema_version")).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(s.meta).values(key="schema_version", value=str(s.SCHEMA_VERSION)))
+            except IntegrityError:
+                pass  # another process created it first
+        elif int(row[0]) != s.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self._safe_url()} holds pbtune schema version {row[0]}, this pbtune uses "
+                f"{s.SCHEMA_VERSION}: run `pbtune store upgrade {self._safe_url()}`"
+            )
+
+    def _check_schema_version(self) -> None:
+        def read(conn: Connection) -> str | None:
+            if not sa.inspect(conn).has_table(s.meta.name):
+                return None
+            return conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
+
+        found = self._transaction(read, read_only=True)
+        if found is None or int(found) != s.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self._safe_url()} holds pbtune schema version {found}, this pbtune uses {s.SCHEMA_VERSION}"
+            )
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- row helpers --------------------------------------------------------------------------
+    @staticmethod
+    def _member_from_row(row: Any) -> MemberRecord:
+        m = row._mapping
+        return MemberRecord(
+            run=m["run"],
+            member_id=m["member_id"],
+            state=MemberState(m["state"]),
+            step=m["step"],
+            hparams=dict(m["hparams"]),
+            score=_score_out(m["score"], m["score_step"] is not None),
+            score_step=m["score_step"],
+            checkpoint=m["checkpoint"],
+            checkpoint_step=m["checkpoint_step"],
+            checkpoint_sha256=m["checkpoint_sha256"],
+            last_ready_step=m["last_ready_step"],
+            version=m["version"],
+            lease_owner=m["lease_owner"],
+            lease_expires=m["lease_expires"],
+            error=m["error"],
+        )
+
+    def _load_member(self, conn: Connection, run: str, member_id: int, *, lock: bool = False) -> MemberRecord:
+        query = sa.select(s.members).where(s.members.c.run == run, s.members.c.member_id == member_id)
+        if lock and self._for_update:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"run {run!r} has no member {member_id}")
+        return self._member_from_row(row)
+
+    def _update_member(self, conn: Connection, current: MemberRecord, **values: Any) -> MemberRecord:
+        """Compare-and-set on ``version``; the caller holds the row lock, so this cannot lose."""
+        values["version"] = current.version + 1
+        values["updated"] = self._clock()
+        result = conn.execute(
+            sa.update(s.members)
+            .where(
+                s.members.c.run == current.run,
+                s.members.c.member_id == current.member_id,
+                s.members.c.version == current.version,
+            )
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise StoreError(f"member {current.member_id} of run {current.run!r} changed under a lock")
+        return self._load_member(conn, current.run, current.member_id)
+
+    def _append_event(self, conn: Connection, member: MemberRecord, kind: str, **values: Any) -> None:
+        conn.execute(
+            sa.insert(s.events).values(
+                run=member.run, member_id=member.member_id, step=member.step, kind=kind,
+                time=self._clock(), summary=values.pop("summary", ""), **values,
+            )
+        )
+
+    @staticmethod
+    def _check_not_final(member: MemberRecord) -> None:
+        if member.state.is_final:
+            raise MemberFinishedError(
+                f"member {member.member_id} of run {member.run!r} is {member.state.value} and cannot change"
+            )
+
+    @staticmethod
+    def _check_lease(member: MemberRecord, worker: str | None) -> None:
+        if worker is not None and member.lease_owner != worker:
+            raise LeaseLostError(
+                f"worker {worker!r} no longer holds member {member.member_id} of run {member.run!r}"
+                f" (held by {member.lease_owner!r})"
+            )
+
+    # -- runs ---------------------------------------------------------------------------------
+    def create_run(self, name: str, config: Mapping[str, Any]) -> RunRecord:
+        def body(conn: Connection) -> RunRecord:
+            row = conn.execute(sa.select(s.runs).where(s.runs.c.name == name)).first()
+            if row is None:
+                conn.execute(sa.insert(s.runs).values(name=name, config=dict(config), created=self._clock()))
+                row = conn.execute(sa.select(s.runs).where(s.runs.c.name == name)).first()
+            return RunRecord(row.name, dict(row.config), row.created)
+
+        return self._transaction(body)
+
+    def get_run(self, name: str) -> RunRecord:
+        def body(conn: Connection) -> RunRecord:
+            row = conn.execute(sa.select(s.runs).where(s.runs.c.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"no run named {name!r} in {self._safe_url()}")
+            return RunRecord(row.name, dict(row.config), row.created)
+
+        return self._transaction(body, read_only=True)
+
+    def list_runs(self) -> tuple[RunRecord, ...]:
+        def body(conn: Connection) -> tuple[RunRecord, ...]:
+            rows = conn.execute(sa.select(s.runs).order_by(s.runs.c.created, s.runs.c.name))
+            return tuple(RunRecord(r.name, dict(r.config), r.created) for r in rows)
+
+        return self._transaction(body, read_only=True)
+
+    # -- members ------------------------------------------------------------------------------
+    def add_member(self, run: str, member_id: int, hparams: Mapping[str, Any]) -> MemberRecord:
+        def body(conn: Connection) -> MemberRecord:
+            if conn.execute(sa.select(s.runs.c.name).where(s.runs.c.name == run)).first() is None:
+                raise NotFoundError(f"no run named {run!r}")
+            existing = conn.execute(
+                sa.select(s.members).where(s.members.c.run == run, s.members.c.member_id == member_id)
+            ).first()
+            if existing is not None:
+                return self._member_from_row(existing)
+            conn.execute(
+                sa.insert(s.members).values(
+                    run=run, member_id=member_id, state=MemberState.PENDING.value, step=0,
+                    hparams=dict(hparams), last_ready_step=0, version=0, updated=self._clock(),
+                )
+            )
+            member = self._load_member(conn, run, member_id)
+            self._append_event(conn, member, "init", new_hparams=dict(hparams))
+            return member
+
+        return self._transaction(body)
+
+    def get_member(self, run: str, member_id: int) -> MemberRecord:
+        return self._transaction(lambda conn: self._load_member(conn, run, member_id), read_only=True)
+
+    def list_members(self, run: str) -> tuple[MemberRecord, ...]:
+        def body(conn: Connection) -> tuple[MemberRecord, ...]:
+            rows = conn.execute(
+                sa.select(s.members).where(s.members.c.run == run).order_by(s.members.c.member_id)
+            )
+            return tuple(self._member_from_row(r) for r in rows)
+
+        return self._transaction(body, read_only=True)
+
+    def report(
+        self,
+        run: str,
+        member_id: int,
+        step: int,
+        score: float,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        checkpoint: CheckpointRef | None = None,
+        worker: str | None = None,
+    ) -> MemberRecord:
+        def body(conn: Connection) -> MemberRecord:
+            member = self._load_member(conn, run, member_id, lock=True)
+            self._check_not_final(member)
+            self._check_lease(member, worker)
+            now = self._clock()
+            conn.execute(
+                sa.insert(s.scores).values(
+                    run=run, member_id=member_id, step=step, score=_score_in(score),
+                    metrics=dict(metrics) if metrics else None, time=now,
+                )
+            )
+            values: dict[str, Any] = {"step": step, "score": _score_in(score), "score_step": step}
+            if member.state in (MemberState.PENDING, MemberState.PAUSED):
+                values["state"] = MemberState.RUNNING.value
+            if checkpoint is not None:
+                self._insert_checkpoint(conn, run, member_id, checkpoint)
+                values.update(
+                    checkpoint=checkpoint.key, checkpoint_step=checkpoint.step, checkpoint_sha256=checkpoint.sha256
+                )
+            return self._update_member(conn, member, **values)
+
+        return self._transaction(body)
+
+    def _insert_checkpoint(self, conn: Connection, run: str, member_id: int, ref: CheckpointRef) -> None:
+        conn.execute(
+            sa.insert(s.checkpoints).values(
+                run=run, key=ref.key, member_id=member_id, step=ref.step, sha256=ref.sha256,
+                size=ref.size, created=self._clock(),
+            )
+        )
+
+    def mark_ready_checked(self, run: str, member_id: int, step: int, expected_version: int) -> bool:
+        def body(conn: Connection) -> bool:
+            member = self._load_member(conn, run, member_id, lock=True)
+            if member.version != expected_version or member.state.is_final:
+                return False
+            self._update_member(conn, member, last_ready_step=step)
+            return True
+
+        return self._transaction(body)
+
+    def apply_exploit(
+        self,
+        run: str,
+        member_id: int,
+        *,
+        expected_version: int,
+        donor_id: int,
+        donor_step: int,
+        hparams: Mapping[str, Any],
+        checkpoint: CheckpointRef,
+        summary: str,
+    ) -> MemberRecord | None:
+        def body(conn: Connection) -> MemberRecord | None:
+            member = self._load_member(conn, run, member_id, lock=True)
+            self._check_not_final(member)
+            if member.version != expected_version:
+                return None
+            self._insert_checkpoint(conn, run, member_id, checkpoint)
+            updated = self._update_member(
+                conn, member, hparams=dict(hparams), checkpoint=checkpoint.key,
+                checkpoint_step=member.step, checkpoint_sha256=checkpoint.sha256,
+                last_ready_step=member.step,
+            )
+            self._append_event(
+                conn, member, "exploit", donor_id=donor_id, donor_step=donor_step,
+                old_hparams=dict(member.hparams), new_hparams=dict(hparams), summary=summary,
+            )
+            return updated
+
+        return self._transaction(body)
+
+    def set_hparams(
+        self,
+        run: str,
+        member_id: int,
+        hparams: Mapping[str, Any],
+        *,
+        expected_version: int,
+        kind: str = "explore",
+        summary: str = "",
+    ) -> MemberRecord | None:
+        def body(conn: Connection) -> MemberRecord | None:
+            member = self._load_member(conn, run, member_id, lock=True)
+            self._check_not_final(member)
+            if member.version != expected_version:
+                return None
+            updated = self._update_member(conn, member, hparams=dict(hparams))
+            self._append_event(
+                conn, member, kind, old_hparams=dict(member.hparams), new_hparams=dict(hparams), summary=summary
+            )
+            return updated
+
+        return self._transaction(body)
+
+    def set_state(
+        self,
+        run: str,
+        member_id: int,
+        state: MemberState,
+        *,
+        worker: str | None = None,
+        error: str | None = None,
+    ) -> MemberRecord:
+        def body(conn: Connection) -> MemberRecord:
+            member = self._load_member(conn, run, member_id, lock=True)
+            self._check_not_final(member)
+            self._check_lease(member, worker)
+            if state not in LEGAL_TRANSITIONS[member.state]:
+                raise IllegalTransitionError(
+                    f"member {member_id} of run {run!r} cannot go from {member.state.value} to {state.value}"
+                )
+            values: dict[str, Any] = {"state": state.value}
+            if state is not MemberState.RUNNING:
+                values.update(lease_owner=None, lease_expires=None)
+            if error is not None:
+                values["error"] = error
+            updated = self._update_member(conn, member, **values)
+            if state is MemberState.FAILED:
+                lines = (error or "").strip().splitlines()
+                self._append_event(conn, member, "fail", summary=lines[-1] if lines else "failed")
+            return updated
+
+        return self._transaction(body)
+
+    # -- leases ------------------------------------------------------------------------------
+    def claim(self, run: str, worker: str, lease_seconds: float, budget: int) -> MemberRecord | None:
+        def body(conn: Connection) -> MemberRecord | None:
+            now = self._clock()
+            c = s.members.c
+            runnable = sa.or_(
+                c.state.in_([MemberState.PENDING.value, MemberState.PAUSED.value]),
+                sa.and_(c.state == MemberState.RUNNING.value, c.lease_owner.is_not(None), c.lease_expires < now),
+            )
+            query = (
+                sa.select(s.members)
+                .where(c.run == run, runnable, c.step < budget)
+                .order_by(c.step, c.member_id)
+                .limit(1)
+            )
+            if self._for_update:
+                query = query.with_for_update(skip_locked=True)
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            member = self._member_from_row(row)
+            values: dict[str, Any] = {
+                "state": MemberState.RUNNING.value, "lease_owner": worker, "lease_expires": now + lease_seconds,
+            }
+            taken_over = member.state is MemberState.RUNNING  # its worker died mid-segment
+            if taken_over:
+                values["step"] = member.checkpoint_step or 0
+                values["last_ready_step"] = min(member.last_ready_step, values["step"])
+            updated = self._update_member(conn, member, **values)
+            if taken_over:
+                self._append_event(
+                    conn, updated, "resume",
+                    summary=f"lease of {member.lease_owner} expired at step {member.step}; "
+                    f"resumed from checkpoint step {values['step']}",
+                )
+            return updated
+
+        return self._transaction(body)
+
+    def heartbeat(self, run: str, worker: str, lease_seconds: float) -> set[int]:
+        def body(conn: Connection) -> set[int]:
+            now = self._clock()
+            c = s.members.c
+            conn.execute(
+                sa.update(s.members)
+                .where(c.run == run, c.lease_owner == worker, c.state == MemberState.RUNNING.value)
+                .values(lease_expires=now + lease_seconds)
+            )
+            rows = conn.execute(sa.select(c.member_id).where(c.run == run, c.lease_owner == worker))
+            return {r.member_id for r in rows}
+
+        return self._transaction(body)
+
+    # -- history -----------------------------------------------------------------------------
+    def scores(self, run: str, member_id: int | None = None) -> tuple[ScoreRecord, ...]:
+        def body(conn: Connection) -> tuple[ScoreRecord, ...]:
+            query = sa.select(s.scores).where(s.scores.c.run == run)
+            if member_id is not None:
+                query = query.where(s.scores.c.member_id == member_id)
+            rows = conn.execute(query.order_by(s.scores.c.id))
+            return tuple(
+                ScoreRecord(r.run, r.member_id, r.step, _score_out(r.score, True), r.time, dict(r.metrics or {}))
+                for r in rows
+            )
+
+        return self._transaction(body, read_only=True)
+
+    def events(self, run: str, member_id: int | None = None) -> tuple[EventRecord, ...]:
+        def body(conn: Connection) -> tuple[EventRecord, ...]:
+            query = sa.select(s.events).where(s.events.c.run == run)
+            if member_id is not None:
+                query = query.where(s.events.c.member_id == member_id)
+            rows = conn.execute(query.order_by(s.events.c.id))
+            return tuple(
+                EventRecord(
+                    id=r.id, run=r.run, member_id=r.member_id, step=r.step, kind=r.kind, time=r.time,
+                    donor_id=r.donor_id, donor_step=r.donor_step, old_hparams=r.old_hparams,
+                    new_hparams=r.new_hparams, summary=r.summary or "",
+                )
+                for r in rows
+            )
+
+        return self._transaction(body, read_only=True)
+
+    # -- checkpoint bookkeeping --------------------------------------------------------------
+    def pin_checkpoint(self, run: str, key: str, holder: str, ttl_seconds: float) -> bool:
+        def body(conn: Connection) -> bool:
+            query = sa.select(s.checkpoints.c.key).where(s.checkpoints.c.run == run, s.checkpoints.c.key == key)
+            if self._for_update:
+                query = query.with_for_update()
+            if conn.execute(query).first() is None:
+                return False
+            c = s.pins.c
+            conn.execute(sa.delete(s.pins).where(c.run == run, c.key == key, c.holder == holder))
+            conn.execute(sa.insert(s.pins).values(run=run, key=key, holder=holder, expires=self._clock() + ttl_seconds))
+            return True
+
+        return self._transaction(body)
+
+    def unpin_checkpoint(self, run: str, key: str, holder: str) -> None:
+        def body(conn: Connection) -> None:
+            c = s.pins.c
+            conn.execute(sa.delete(s.pins).where(c.run == run, c.key == key, c.holder == holder))
+
+        self._transaction(body)
+
+    def collect_checkpoints(self, run: str, member_id: int, keep: int) -> list[str]:
+        def body(conn: Connection) -> list[str]:
+            member = self._load_member(conn, run, member_id, lock=True)
+            c = s.checkpoints.c
+            query = sa.select(c.key).where(c.run == run, c.member_id == member_id).order_by(c.step.desc(), c.created.desc())
+            if self._for_update:
+                query = query.with_for_update()
+            keys = [r.key for r in conn.execute(query)]
+            pinned = {
+                r.key for r in conn.execute(
+                    sa.select(s.pins.c.key).where(s.pins.c.run == run, s.pins.c.expires >= self._clock())
+                )
+            }
+            doomed = [k for k in keys[keep:] if k != member.checkpoint and k not in pinned]
+            if doomed:
+                conn.execute(sa.delete(s.checkpoints).where(c.run == run, c.key.in_(doomed)))
+            return doomed
+
+        return self._transaction(body)

@@ -1,0 +1,1 @@
+"""Reusable test helpers: small trainables and the store conformance suite."""
