@@ -183,6 +183,31 @@ def demo(workers: int = typer.Option(2, help="Worker processes."),
     console.print(f"  look at them:     pbtune status {name}; pbtune lineage {name} best")
 
 
+# Commands of other subsystems register themselves: each module defines register(app).
+_COMMAND_MODULES = (
+    "pbtune.server.commands",
+    "pbtune.report.commands",
+    "pbtune.scaleout.commands",
+    "pbtune.vectorized.commands",
+)
+
+
+def _register_plugins() -> None:
+    import importlib
+
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module_name.startswith(exc.name):
+                continue  # that subsystem is not part of this build
+            raise
+        module.register(app)
+
+
+_register_plugins()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, PBTuneError
-from pbtune.store.base import PopulationStore
+from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.strategies import Exploit
 from pbtune.types import MemberRecord, MemberState
 
-__all__ = ["Member", "Donor", "Population", "decision_rng"]
+__all__ = ["Member", "MemberProtocol", "Donor", "Population", "decision_rng"]
 
 _PIN_SECONDS = 600.0
 
@@ -43,6 +43,34 @@ class Donor:
     step: int
     score: float
     hparams: Mapping[str, Any]
+
+
+@runtime_checkable
+class MemberProtocol(Protocol):
+    """What every member handle offers, in-process (:class:`Member`) or over HTTP (``PBTClient``)."""
+
+    member_id: int
+
+    @property
+    def hparams(self) -> dict[str, Any]: ...
+
+    @property
+    def step(self) -> int: ...
+
+    def save(self, ckpt_path: str, metric: float, *, step: int | None = None) -> None: ...
+
+    def report(self, step: int, metric: float, *, checkpoint: str | None = None,
+               metrics: Mapping[str, Any] | None = None) -> None: ...
+
+    def should_exploit(self) -> bool: ...
+
+    def exploit(self) -> Donor | None: ...
+
+    def explore(self) -> dict[str, Any]: ...
+
+    def parameters_path(self) -> str | None: ...
+
+    def finish(self) -> None: ...
 
 
 def decision_rng(seed: int, member_id: int, step: int, purpose: str) -> random.Random:
@@ -105,14 +133,19 @@ class Member:
         *,
         checkpoint: str | None = None,
         metrics: Mapping[str, Any] | None = None,
+        earlier: Sequence[ScorePoint] = (),
     ) -> None:
-        """Record the score at ``step`` and, if given, store the checkpoint file or folder."""
+        """Record the score at ``step`` and, if given, store the checkpoint file or folder.
+
+        ``earlier`` carries scores of previous steps that were buffered to save transactions.
+        """
         ref = None
         if checkpoint is not None:
             ref = self._checkpoints.put(checkpoint, run=self.run, member_id=self.member_id, step=step)
         try:
             self._record = self._store.report(
-                self.run, self.member_id, step, float(metric), metrics=metrics, checkpoint=ref, worker=self._worker
+                self.run, self.member_id, step, float(metric), metrics=metrics, checkpoint=ref, worker=self._worker,
+                earlier=earlier,
             )
         except BaseException:
             if ref is not None:

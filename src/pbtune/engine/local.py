@@ -6,9 +6,9 @@ import logging
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
@@ -21,7 +21,7 @@ from pbtune.store.base import PopulationStore
 from pbtune.strategies._ranking import ranked
 from pbtune.types import MemberRecord, MemberState
 
-__all__ = ["run", "RunResult", "best_member", "worker_main"]
+__all__ = ["Monitor", "run", "RunResult", "best_member", "summarize", "worker_main"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def run(
     *,
     progress: bool = True,
     max_restarts: int | None = None,
+    monitors: Sequence[Monitor] = (),
     **settings: Any,
 ) -> RunResult:
     """Train a population with PBT on ``workers`` local processes and return the best member.
@@ -93,6 +94,8 @@ def run(
         config: a :class:`RunConfig`; or pass its fields as keywords.
         progress: show a live progress bar (rich).
         max_restarts: worker processes restarted after they die (default ``3 * workers``).
+        monitors: objects with ``update(store, config)`` and ``close()``, called about five
+            times a second while the run goes on (live TensorBoard, dashboards).
 
     Example::
 
@@ -122,11 +125,13 @@ def run(
         return proc
 
     procs = [start(i) for i in range(config.workers)]
-    display = _Progress(config, population.store) if progress else None
+    watchers: list[Monitor] = list(monitors)
+    if progress:
+        watchers.insert(0, _Progress(config, population.store))
     try:
         while True:
-            if display is not None:
-                display.update()
+            for watcher in watchers:
+                watcher.update(population.store, config)
             members = population.store.list_members(config.name)
             if all(m.state.is_final for m in members):
                 break
@@ -152,8 +157,9 @@ def run(
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-        if display is not None:
-            display.close()
+        for watcher in watchers:
+            watcher.update(population.store, config)
+            watcher.close()
     return summarize(config, population.store, population.checkpoints)
 
 
@@ -163,6 +169,14 @@ def _ensure_parent_dir(url: str) -> None:
         folder = os.path.dirname(url[len(prefix):])
         if folder:
             os.makedirs(folder, exist_ok=True)
+
+
+class Monitor(Protocol):
+    """Watches a running population from the driver process (reads the store only)."""
+
+    def update(self, store: PopulationStore, config: RunConfig) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _Progress:
@@ -179,13 +193,12 @@ class _Progress:
         self._task = self._progress.add_task(config.name, total=config.population * config.budget, best="-")
         self._progress.start()
 
-    def update(self) -> None:
-        members = self._store.list_members(self._config.name)
+    def update(self, store: PopulationStore, config: RunConfig) -> None:
+        members = store.list_members(config.name)
         scored = ranked(members, self._config.mode)
         best = f"{scored[0].score:.5g} (member {scored[0].member_id})" if scored else "-"
         done = sum(self._config.budget if m.state.is_final else m.step for m in members)
         self._progress.update(self._task, completed=done, best=best)
 
     def close(self) -> None:
-        self.update()
         self._progress.stop()

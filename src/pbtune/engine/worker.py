@@ -27,7 +27,7 @@ from pbtune.engine.trainable import Trainable
 from pbtune.errors import InvalidConfigError, LeaseLostError, PBTuneError
 from pbtune.member import Member
 from pbtune.store import open_store
-from pbtune.store.base import PopulationStore
+from pbtune.store.base import PopulationStore, ScorePoint
 
 __all__ = ["load_trainable", "Worker", "WorkerStats"]
 
@@ -109,6 +109,7 @@ class Worker:
         store: PopulationStore | None = None,
         checkpoints: CheckpointStore | None = None,
         poll_seconds: float = 0.1,
+        flush_seconds: float = 1.0,
     ) -> None:
         self.config = config
         self._factory: TrainableFactory = (
@@ -121,6 +122,7 @@ class Worker:
         self.store = store if store is not None else open_store(config.storage)
         self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
         self._poll = poll_seconds
+        self.flush_seconds = flush_seconds  # scores between checkpoints are written at most this late
         self._scratch = tempfile.mkdtemp(prefix="pbtune-worker-")
         self._cached: tuple[int, str | None, Trainable] | None = None  # (member, checkpoint key, trainable)
         self.stats = WorkerStats()
@@ -176,20 +178,28 @@ class Worker:
     def _train(self, member: Member, trainable: Trainable) -> None:
         config = self.config
         interval = config.effective_checkpoint_interval
-        while member.step < config.budget:
+        step = member.step
+        pending: list[ScorePoint] = []  # scores not yet written: one transaction per flush, not per step
+        last_flush = time.monotonic()
+        while step < config.budget:
             metrics = trainable.step()
-            step = member.step + 1
+            step += 1
             score = _score_of(metrics, config.metric)
+            self.stats.steps += 1
+            at_checkpoint = step % interval == 0 or step >= config.budget
+            if not at_checkpoint and time.monotonic() - last_flush < self.flush_seconds:
+                pending.append(ScorePoint(step, score, _plain(metrics)))
+                continue
             checkpoint = None
-            if step % interval == 0 or step >= config.budget:
+            if at_checkpoint:
                 checkpoint = os.path.join(self._scratch, f"m{member.member_id}-s{step}.ckpt")
                 trainable.save(checkpoint)
             try:
-                member.report(step, score, checkpoint=checkpoint, metrics=_plain(metrics))
+                member.report(step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending)
             finally:
                 if checkpoint is not None:
                     _remove(checkpoint)
-            self.stats.steps += 1
+            pending, last_flush = [], time.monotonic()
             if checkpoint is None or step >= config.budget:
                 continue
             if member.should_exploit() and member.exploit() is not None:

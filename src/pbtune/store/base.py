@@ -15,13 +15,22 @@ Rules every implementation follows:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pbtune.types import EventRecord, MemberRecord, MemberState, RunRecord, ScoreRecord
 
-__all__ = ["PopulationStore", "CheckpointRef"]
+__all__ = ["PopulationStore", "CheckpointRef", "ScorePoint"]
+
+
+@dataclass(frozen=True)
+class ScorePoint:
+    """A score reported earlier but written in a later batch (fewer transactions per step)."""
+
+    step: int
+    score: float
+    metrics: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,11 @@ class PopulationStore(abc.ABC):
         metrics: Mapping[str, Any] | None = None,
         checkpoint: CheckpointRef | None = None,
         worker: str | None = None,
+        earlier: Sequence[ScorePoint] = (),
     ) -> MemberRecord:
         """Append a score (and optionally a new checkpoint) and move the member to ``step``.
+
+        ``earlier`` scores (of steps before ``step``) are appended first, in one transaction.
 
         Raises:
             MemberFinishedError: the member is finished or failed.
@@ -109,10 +121,13 @@ class PopulationStore(abc.ABC):
         donor_id: int,
         donor_step: int,
         hparams: Mapping[str, Any],
-        checkpoint: CheckpointRef,
+        checkpoint: CheckpointRef | None,
         summary: str,
     ) -> MemberRecord | None:
         """Take the donor's hyperparameters and the copy of its checkpoint; append an ``exploit`` event.
+
+        ``checkpoint`` is None when the weights were copied without the checkpoint store (the
+        vectorized engine copies them in memory); the member's checkpoint fields stay as they are.
 
         Returns None (and changes nothing) if the member changed since ``expected_version``.
 

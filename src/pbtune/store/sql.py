@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -29,7 +29,7 @@ from pbtune.errors import (
     StoreError,
 )
 from pbtune.store import _schema as s
-from pbtune.store.base import CheckpointRef, PopulationStore
+from pbtune.store.base import CheckpointRef, PopulationStore, ScorePoint
 from pbtune.types import (
     LEGAL_TRANSITIONS,
     EventRecord,
@@ -131,7 +131,7 @@ class SQLStore(PopulationStore):
             if not in_memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA busy_timeout=100")  # short: our retry loop is fairer than SQLite's backoff
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -152,7 +152,7 @@ class SQLStore(PopulationStore):
         exponentially with full jitter for at most ``retry_seconds``.
         """
         deadline = time.monotonic() + self._retry_seconds
-        delay = 0.01
+        delay = 0.002
         while True:
             try:
                 with self._engine.connect() as conn:
@@ -164,7 +164,7 @@ class SQLStore(PopulationStore):
                 if not _is_transient(exc) or time.monotonic() >= deadline:
                     raise StoreError(f"population store {self._safe_url()} failed: {exc}") from exc
                 time.sleep(self._rng.uniform(0, delay))
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 0.1)
 
     def _safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
@@ -341,17 +341,21 @@ class SQLStore(PopulationStore):
         metrics: Mapping[str, Any] | None = None,
         checkpoint: CheckpointRef | None = None,
         worker: str | None = None,
+        earlier: Sequence[ScorePoint] = (),
     ) -> MemberRecord:
         def body(conn: Connection) -> MemberRecord:
             member = self._load_member(conn, run, member_id, lock=True)
             self._check_not_final(member)
             self._check_lease(member, worker)
             now = self._clock()
+            points = [*earlier, ScorePoint(step, score, metrics)]
             conn.execute(
-                sa.insert(s.scores).values(
-                    run=run, member_id=member_id, step=step, score=_score_in(score),
-                    metrics=dict(metrics) if metrics else None, time=now,
-                )
+                sa.insert(s.scores),
+                [
+                    {"run": run, "member_id": member_id, "step": p.step, "score": _score_in(p.score),
+                     "metrics": dict(p.metrics) if p.metrics else None, "time": now}
+                    for p in points
+                ],
             )
             values: dict[str, Any] = {"step": step, "score": _score_in(score), "score_step": step}
             if member.state in (MemberState.PENDING, MemberState.PAUSED):
@@ -392,7 +396,7 @@ class SQLStore(PopulationStore):
         donor_id: int,
         donor_step: int,
         hparams: Mapping[str, Any],
-        checkpoint: CheckpointRef,
+        checkpoint: CheckpointRef | None,
         summary: str,
     ) -> MemberRecord | None:
         def body(conn: Connection) -> MemberRecord | None:
@@ -400,12 +404,13 @@ class SQLStore(PopulationStore):
             self._check_not_final(member)
             if member.version != expected_version:
                 return None
-            self._insert_checkpoint(conn, run, member_id, checkpoint)
-            updated = self._update_member(
-                conn, member, hparams=dict(hparams), checkpoint=checkpoint.key,
-                checkpoint_step=member.step, checkpoint_sha256=checkpoint.sha256,
-                last_ready_step=member.step,
-            )
+            values: dict[str, Any] = {"hparams": dict(hparams), "last_ready_step": member.step}
+            if checkpoint is not None:
+                self._insert_checkpoint(conn, run, member_id, checkpoint)
+                values.update(
+                    checkpoint=checkpoint.key, checkpoint_step=member.step, checkpoint_sha256=checkpoint.sha256
+                )
+            updated = self._update_member(conn, member, **values)
             self._append_event(
                 conn, member, "exploit", donor_id=donor_id, donor_step=donor_step,
                 old_hparams=dict(member.hparams), new_hparams=dict(hparams), summary=summary,
