@@ -1,0 +1,95 @@
+"""`pbtune store upgrade`: versioned schema steps, transactional, over SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from pbtune.cli import app
+from pbtune.errors import SchemaVersionError, StoreError
+from pbtune.scaleout.migrations import current_version, upgrade
+from pbtune.store import SQLStore
+from pbtune.store._schema import SCHEMA_VERSION
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/pbt.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def _add_note_column(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE pbtune_runs ADD COLUMN note TEXT"))
+
+
+def _columns(url: str, table: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        return {c["name"] for c in sa.inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_an_empty_database_then_has_nothing_to_do(url: str) -> None:
+    assert current_version(url) is None
+    first = upgrade(url)
+    assert (first.found, first.now, first.changed) == (None, SCHEMA_VERSION, True)
+    assert current_version(url) == SCHEMA_VERSION
+    SQLStore(url, create=False).create_run("after-upgrade", {})  # the store accepts it
+    again = upgrade(url)
+    assert (again.found, again.now, again.changed) == (SCHEMA_VERSION, SCHEMA_VERSION, False)
+
+
+def test_steps_run_in_order_and_record_the_new_version(url: str) -> None:
+    SQLStore(url).create_run("kept", {"x": 1})
+    done = upgrade(url, target=SCHEMA_VERSION + 1, steps={SCHEMA_VERSION: _add_note_column})
+    assert (done.found, done.now) == (SCHEMA_VERSION, SCHEMA_VERSION + 1)
+    assert "note" in _columns(url, "pbtune_runs")
+    assert current_version(url) == SCHEMA_VERSION + 1
+    # this pbtune is now older than the database: a clear error, not a crash later
+    with pytest.raises(SchemaVersionError, match=f"version {SCHEMA_VERSION + 1}"):
+        SQLStore(url)
+    with pytest.raises(SchemaVersionError, match="newer"):
+        upgrade(url)
+
+
+def test_a_failing_step_changes_nothing(url: str) -> None:
+    SQLStore(url).create_run("kept", {})
+
+    def broken(conn: sa.Connection) -> None:
+        _add_note_column(conn)
+        conn.execute(sa.text("SELECT no_such_column FROM pbtune_runs"))
+
+    with pytest.raises(StoreError, match="nothing was changed"):
+        upgrade(url, target=SCHEMA_VERSION + 1, steps={SCHEMA_VERSION: broken})
+    assert current_version(url) == SCHEMA_VERSION
+    assert "note" not in _columns(url, "pbtune_runs")  # the DDL was rolled back too
+    assert [r.name for r in SQLStore(url).list_runs()] == ["kept"]
+
+
+def test_a_missing_step_is_named(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/pbt.db"
+    upgrade(url)
+    with pytest.raises(SchemaVersionError, match=f"no migration from pbtune schema version {SCHEMA_VERSION}"):
+        upgrade(url, target=SCHEMA_VERSION + 2, steps={})
+
+
+def test_store_commands(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    runner = CliRunner()
+    created = runner.invoke(app, ["store", "upgrade", url])
+    assert created.exit_code == 0, created.output
+    assert f"created pbtune schema version {SCHEMA_VERSION}" in created.output
+    again = runner.invoke(app, ["store", "upgrade", url])
+    assert "already at version" in again.output
+    version = runner.invoke(app, ["store", "version", url])
+    assert json.loads(version.output) == {"database": SCHEMA_VERSION, "pbtune": SCHEMA_VERSION}
+    with sa.create_engine(url).begin() as conn:  # a database from a newer pbtune
+        conn.exec_driver_sql("UPDATE pbtune_meta SET value = '99' WHERE key = 'schema_version'")
+    refused = runner.invoke(app, ["store", "upgrade", url])
+    assert refused.exit_code == 2 and "newer" in refused.output
