@@ -85,8 +85,10 @@ class CheckpointStore:
                     _fsync(temp)
                 os.replace(temp, final)
             else:
-                self.fs.put(local_path, temp, recursive=os.path.isdir(local_path))
-                self.fs.mv(temp, final, recursive=True)
+                # Object stores cannot rename (s3fs's mv of a folder fails on its pseudo-dirs). The
+                # key is fresh and only the database row makes it visible, so write it in place.
+                temp = final
+                self.fs.put(local_path, final, recursive=os.path.isdir(local_path))
         except OSError as exc:
             self._remove_quietly(temp)
             raise CheckpointError(f"could not write checkpoint {key!r} to {self.url}: {exc}") from exc

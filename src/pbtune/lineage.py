@@ -49,11 +49,24 @@ def _schedule(
     pivot = own[last_exploit]
     assert pivot.donor_id is not None and pivot.donor_step is not None
     inherited = _schedule(by_member, pivot.donor_id, pivot.donor_step, depth + 1)
-    shift = pivot.donor_step - pivot.step
+    # the donor's model at its step d is d + (its own offset) steps old, not d
+    shift = pivot.donor_step + _age_offset(by_member, pivot.donor_id, pivot.donor_step, depth + 1) - pivot.step
     tail = [
         ScheduleEntry(e.step + shift, dict(e.new_hparams or {}), member_id, e.kind) for e in own[last_exploit:]
     ]
     return inherited + tail
+
+
+def _age_offset(by_member: Mapping[int, list[EventRecord]], member_id: int, until_step: int, depth: int) -> int:
+    """Model age minus member step, for ``member_id``'s steps after its last exploit up to ``until_step``."""
+    if depth > 10_000:
+        raise RuntimeError("lineage has a cycle")
+    exploits = [e for e in by_member.get(member_id, []) if e.kind == "exploit" and e.step <= until_step]
+    if not exploits:
+        return 0
+    pivot = exploits[-1]
+    assert pivot.donor_id is not None and pivot.donor_step is not None
+    return pivot.donor_step + _age_offset(by_member, pivot.donor_id, pivot.donor_step, depth + 1) - pivot.step
 
 
 def _dedupe(entries: list[ScheduleEntry]) -> list[ScheduleEntry]:

@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
-from pbtune.errors import CheckpointError, PBTuneError
+from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
 from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.strategies import Exploit
 from pbtune.types import MemberRecord, MemberState
@@ -213,7 +213,8 @@ class Member:
             )
             updated = self._store.apply_exploit(
                 self.run, self.member_id, expected_version=me.version, donor_id=donor.member_id,
-                donor_step=decision.donor_step, hparams=donor.hparams, checkpoint=copy, summary=summary,
+                donor_step=decision.donor_step, hparams=donor.hparams if decision.copy_hparams else me.hparams,
+                checkpoint=copy, summary=summary if decision.copy_hparams else f"{summary} (weights only)",
             )
         finally:
             self._store.unpin_checkpoint(self.run, key, holder)
@@ -277,16 +278,28 @@ class Population:
         *,
         store: PopulationStore | None = None,
         checkpoints: CheckpointStore | None = None,
+        initial: Sequence[Mapping[str, Any]] = (),
     ) -> None:
+        """Args:
+        initial: first hyperparameters of members 0, 1, ... (validated against the space);
+            the remaining members are sampled from the space with the run's seed.
+        """
         from pbtune.store import open_store
 
+        if len(initial) > config.population:
+            raise InvalidConfigError("initial", "Population", f"at most population={config.population} entries",
+                                     len(initial))
+        for index, hparams in enumerate(initial):
+            config.space.validate(hparams, where=f"initial[{index}]")
         self.config = config
         self.store = store if store is not None else open_store(config.storage)
         self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
         self.store.create_run(config.name, config.to_dict())
         rng = random.Random(f"{config.seed}:init")
         for member_id in range(config.population):
-            self.store.add_member(config.name, member_id, config.space.sample(rng))
+            sampled = config.space.sample(rng)  # drawn for every member so seeds give the same draws
+            hparams = dict(initial[member_id]) if member_id < len(initial) else sampled
+            self.store.add_member(config.name, member_id, hparams)
 
     def member(self, member_id: int, *, worker: str | None = None) -> Member:
         """A handle on one member; rejoining with the same id continues where it left off."""

@@ -54,6 +54,12 @@ def best_member(members: tuple[MemberRecord, ...], mode: str) -> MemberRecord:
 
 def summarize(config: RunConfig, store: PopulationStore, checkpoints: CheckpointStore) -> RunResult:
     members = store.list_members(config.name)
+    if all(m.state is MemberState.FAILED for m in members):
+        last_line = (members[0].error or "").strip().splitlines()[-1:] or ["no traceback"]
+        raise PBTuneError(
+            f"every member of run {config.name!r} failed; member 0: {last_line[0]} "
+            f"(full tracebacks: pbtune status {config.name} --json)"
+        )
     best = best_member(members, config.mode)
     path = checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "") if best.checkpoint else None
     return RunResult(
@@ -84,6 +90,7 @@ def run(
     progress: bool = True,
     max_restarts: int | None = None,
     monitors: Sequence[Monitor] = (),
+    initial: Sequence[Mapping[str, Any]] = (),
     **settings: Any,
 ) -> RunResult:
     """Train a population with PBT on ``workers`` local processes and return the best member.
@@ -96,6 +103,7 @@ def run(
         max_restarts: worker processes restarted after they die (default ``3 * workers``).
         monitors: objects with ``update(store, config)`` and ``close()``, called about five
             times a second while the run goes on (live TensorBoard, dashboards).
+        initial: first hyperparameters of members 0, 1, ...; the rest are sampled.
 
     Example::
 
@@ -113,7 +121,7 @@ def run(
     if isinstance(target, str):
         load_trainable(target)  # fail here, not in every worker
     _ensure_parent_dir(config.storage)
-    population = Population(config)
+    population = Population(config, initial=initial)
     context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
     config_dict = config.to_dict()
@@ -124,6 +132,8 @@ def run(
         proc.start()
         return proc
 
+    if all(m.state.is_final for m in population.members()):  # resumed a finished run
+        return summarize(config, population.store, population.checkpoints)
     procs = [start(i) for i in range(config.workers)]
     watchers: list[Monitor] = list(monitors)
     if progress:

@@ -59,6 +59,9 @@ _TRANSIENT = (
 )
 
 
+_SCHEMA_LOCK = 0x7062_7475_6E65  # pg_advisory_xact_lock key held while creating tables
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
@@ -114,8 +117,11 @@ class SQLStore(PopulationStore):
     @staticmethod
     def _make_engine(url: str) -> Engine:
         parsed = sa.engine.make_url(url)
+        if parsed.drivername == "postgresql":  # SQLAlchemy would pick psycopg2; we ship psycopg 3
+            parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_backend_name() != "sqlite":
-            return sa.create_engine(url, pool_pre_ping=True, future=True)
+            args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+            return sa.create_engine(parsed, pool_pre_ping=True, future=True, connect_args=args)
         in_memory = parsed.database in (None, "", ":memory:")
         engine = sa.create_engine(
             url,
@@ -170,6 +176,8 @@ class SQLStore(PopulationStore):
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     def _ensure_schema(self, conn: Connection) -> None:
+        if self._for_update:  # PostgreSQL: concurrent CREATE TABLEs collide; serialize them
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         s.metadata.create_all(conn, checkfirst=True)
         row = conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == "schema_version")).first()
         if row is None:
@@ -255,6 +263,22 @@ class SQLStore(PopulationStore):
             )
         )
 
+    def _insert_unless_raced(self, conn: Connection, insert: Any) -> bool:
+        """Insert a row; False if another process inserted the same key first.
+
+        PostgreSQL (read committed) lets two transactions both see "no row" and both insert;
+        a savepoint keeps the loser's transaction usable. SQLite's write lock prevents the race.
+        """
+        if not self._for_update:
+            conn.execute(insert)
+            return True
+        try:
+            with conn.begin_nested():
+                conn.execute(insert)
+        except IntegrityError:
+            return False
+        return True
+
     @staticmethod
     def _check_not_final(member: MemberRecord) -> None:
         if member.state.is_final:
@@ -275,7 +299,8 @@ class SQLStore(PopulationStore):
         def body(conn: Connection) -> RunRecord:
             row = conn.execute(sa.select(s.runs).where(s.runs.c.name == name)).first()
             if row is None:
-                conn.execute(sa.insert(s.runs).values(name=name, config=dict(config), created=self._clock()))
+                insert = sa.insert(s.runs).values(name=name, config=dict(config), created=self._clock())
+                self._insert_unless_raced(conn, insert)
                 row = conn.execute(sa.select(s.runs).where(s.runs.c.name == name)).first()
             return RunRecord(row.name, dict(row.config), row.created)
 
@@ -307,13 +332,16 @@ class SQLStore(PopulationStore):
             ).first()
             if existing is not None:
                 return self._member_from_row(existing)
-            conn.execute(
+            inserted = self._insert_unless_raced(
+                conn,
                 sa.insert(s.members).values(
                     run=run, member_id=member_id, state=MemberState.PENDING.value, step=0,
                     hparams=dict(hparams), last_ready_step=0, version=0, updated=self._clock(),
-                )
+                ),
             )
             member = self._load_member(conn, run, member_id)
+            if not inserted:
+                return member  # another process added it (and its init event) first
             self._append_event(conn, member, "init", new_hparams=dict(hparams))
             return member
 

@@ -22,6 +22,7 @@ class Exploit:
     donor_checkpoint: str
     donor_step: int
     donor_score: float
+    copy_hparams: bool = True  # False: take the donor's weights only (the paper's toy example)
 
 
 Decision = Continue | Exploit

@@ -1,0 +1,97 @@
+"""PBT on a PyTorch MLP (64-128-10) over scikit-learn's bundled digits data set.
+
+Tunes lr, momentum and weight decay of SGD. Run it with the CLI:
+
+    pbtune run examples/digits_mlp.yaml
+
+or as a script (same thing, from Python): ``python examples/digits_mlp.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+import pbtune
+
+
+@lru_cache(maxsize=1)
+def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train/validation tensors (80/20), features scaled to [0, 1]; deterministic."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    cut = int(0.8 * len(x))
+    train, val = order[:cut], order[cut:]
+    return x[train], y[train], x[val], y[val]
+
+
+def make_mlp(hidden: int = 128) -> nn.Module:
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+class DigitsMLP(pbtune.Trainable):
+    """One PBT step = ``batches_per_step`` SGD minibatches of ``batch_size``; score = validation accuracy."""
+
+    def setup(self, hparams: Mapping[str, Any]) -> None:
+        torch.set_num_threads(1)
+        self.batch_size = int(self.args.get("batch_size", 64))
+        self.batches_per_step = int(self.args.get("batches_per_step", 10))
+        self.x, self.y, self.x_val, self.y_val = digits_split()
+        self.model = make_mlp(int(self.args.get("hidden", 128)))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        self.set_hparams(hparams)
+        seed = int(self.args.get("seed", 0))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def set_hparams(self, hparams: Mapping[str, Any]) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(hparams["lr"])
+            group["momentum"] = float(hparams.get("momentum", 0.0))
+            group["weight_decay"] = float(hparams.get("weight_decay", 0.0))
+
+    def step(self) -> Mapping[str, float]:
+        self.model.train()
+        for _ in range(self.batches_per_step):
+            index = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model(self.x[index]), self.y[index])
+            loss.backward()
+            self.optimizer.step()
+        return {"score": self.accuracy(), "loss": float(loss)}
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        self.model.eval()
+        return float((self.model(self.x_val).argmax(dim=1) == self.y_val).float().mean())
+
+    def save(self, path: str) -> None:
+        buffer = io.BytesIO()
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "rng": self.generator.get_state()}
+        torch.save(state, buffer)
+        with open(path, "wb") as handle:
+            handle.write(buffer.getvalue())
+
+    def load(self, path: str) -> None:
+        state = torch.load(path, weights_only=True)  # never unpickle arbitrary objects
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["rng"])
+
+
+if __name__ == "__main__":
+    config = pbtune.load_config(os.path.join(os.path.dirname(__file__), "digits_mlp.yaml"))
+    result = pbtune.run(config=config)
+    print(f"best member {result.best.member_id}: validation accuracy {result.best.score:.4f}")
+    print(f"hparams {dict(result.best.hparams)}; checkpoint {result.checkpoint_path}")

@@ -1,0 +1,200 @@
+"""A live terminal view of a running population (rich), usable as a :func:`pbtune.run` monitor.
+
+One table row per member (step, score, hyperparameters, last lineage event; the best is
+starred) above an overall progress bar with the time left. ``quiet=True`` prints one plain line
+every ``log_every`` seconds instead, for CI logs.
+
+Example::
+
+    pbtune.run(MyTrainable, config=cfg, progress=False, monitors=[LiveDisplay()])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pbtune.config import RunConfig
+from pbtune.store.base import PopulationStore
+from pbtune.strategies._ranking import ranked
+from pbtune.types import EventRecord, MemberRecord, MemberState
+
+__all__ = ["LiveDisplay", "progress_line"]
+
+_NOTABLE = ("exploit", "explore", "resume", "fail")
+
+
+def _fmt_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _fmt_hparams(hparams: Any) -> str:
+    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in dict(hparams).items())
+
+
+def _done_steps(members: Sequence[MemberRecord], budget: int) -> int:
+    return sum(budget if m.state.is_final else min(m.step, budget) for m in members)
+
+
+def progress_line(config: RunConfig, members: Sequence[MemberRecord], events: Sequence[EventRecord]) -> str:
+    """One plain line of progress, e.g. ``run exp: 120/400 steps (30%), best -0.01 (member 3), 4 exploits``.
+
+    Example:
+        >>> cfg = RunConfig(name="exp", space={"x": {"type": "float", "low": 0, "high": 1}}, budget=10)
+        >>> progress_line(cfg, (MemberRecord("exp", 0, MemberState.RUNNING, 5, {}),), ())
+        'run exp: 5/10 steps (50%), best -, 0 exploits, 0/1 members done'
+    """
+    total = config.budget * max(len(members), 1)
+    done = _done_steps(members, config.budget)
+    order = ranked(members, config.mode)
+    best = f"{order[0].score:.6g} (member {order[0].member_id})" if order else "-"
+    exploits = sum(e.kind == "exploit" for e in events)
+    finished = sum(m.state.is_final for m in members)
+    return (
+        f"run {config.name}: {done}/{total} steps ({100 * done // total}%), best {best}, "
+        f"{exploits} exploits, {finished}/{len(members)} members done"
+    )
+
+
+class LiveDisplay:
+    """Members table + overall progress bar with ETA, refreshed from the store.
+
+    Args:
+        console: a ``rich.console.Console`` (default: stdout).
+        quiet: print a plain progress line every ``log_every`` seconds instead of a live view.
+        max_rows: members shown (the best ones when the population is larger).
+        min_interval: seconds between two reads of the store.
+    """
+
+    def __init__(
+        self,
+        *,
+        console: Any = None,
+        quiet: bool = False,
+        max_rows: int = 20,
+        min_interval: float = 0.25,
+        log_every: float = 10.0,
+    ) -> None:
+        from rich.console import Console
+
+        self.console = console if console is not None else Console()
+        self.quiet = quiet
+        self.max_rows = max_rows
+        self.min_interval = min_interval
+        self.log_every = log_every
+        self._live: Any = None
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_read = -float("inf")
+        self._last_log = -float("inf")
+        self._state: tuple[RunConfig, tuple[MemberRecord, ...], tuple[EventRecord, ...]] | None = None
+        self._source: tuple[PopulationStore, RunConfig] | None = None
+
+    # -- rendering (pure given the records) --------------------------------------------------
+    def table(self, config: RunConfig, members: Sequence[MemberRecord], events: Sequence[EventRecord]) -> Any:
+        """The members table as a rich renderable."""
+        from rich.table import Table
+
+        last: dict[int, EventRecord] = {}
+        for event in events:
+            if event.kind in _NOTABLE:
+                last[event.member_id] = event
+        order = ranked(members, config.mode)
+        best_id = order[0].member_id if order else None
+        shown = list(members)
+        if len(shown) > self.max_rows:  # keep the best ones, in id order
+            keep = {m.member_id for m in order[: self.max_rows]}
+            shown = [m for m in members if m.member_id in keep][: self.max_rows]
+        table = Table(title=f"run {config.name}", expand=False, show_lines=False)
+        for column, justify in (("member", "right"), ("state", "left"), ("step", "right"), ("score", "right"),
+                                ("hparams", "left"), ("last event", "left")):
+            table.add_column(column, justify=justify, overflow="fold" if column == "last event" else "ellipsis")
+        for m in shown:
+            event = last.get(m.member_id)
+            style = "bold green" if m.member_id == best_id else ("red" if m.state is MemberState.FAILED else None)
+            table.add_row(
+                f"{m.member_id}{' *' if m.member_id == best_id else ''}", m.state.value,
+                f"{m.step}/{config.budget}", "-" if m.score is None else f"{m.score:.6g}", _fmt_hparams(m.hparams),
+                f"step {event.step} {event.kind}: {event.summary}" if event else "", style=style,
+            )
+        if len(members) > len(shown):
+            table.caption = f"{len(members) - len(shown)} more members not shown (the best {len(shown)} are)"
+        return table
+
+    def renderable(self, config: RunConfig, members: Sequence[MemberRecord], events: Sequence[EventRecord]) -> Any:
+        """The table above the progress bar."""
+        from rich.console import Group
+
+        self._ensure_progress(config, members)
+        order = ranked(members, config.mode)
+        best = f"{order[0].score:.6g} (member {order[0].member_id})" if order else "-"
+        self._progress.update(
+            self._task, total=config.budget * max(len(members), 1), completed=_done_steps(members, config.budget),
+            best=best, exploits=sum(e.kind == "exploit" for e in events),
+        )
+        return Group(self.table(config, members, events), self._progress)
+
+    def _ensure_progress(self, config: RunConfig, members: Sequence[MemberRecord]) -> None:
+        if self._progress is not None:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("best {task.fields[best]} · {task.fields[exploits]} exploits"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
+        )
+        self._task = self._progress.add_task(
+            "member-steps", total=config.budget * max(len(members), 1), best="-", exploits=0
+        )
+
+    # -- monitor protocol --------------------------------------------------------------------
+    def update(self, store: PopulationStore, config: RunConfig) -> None:
+        self._source = (store, config)
+        now = time.monotonic()
+        if now - self._last_read < self.min_interval:
+            return
+        self._last_read = now
+        members, events = store.list_members(config.name), store.events(config.name)
+        self._state = (config, members, events)
+        if self.quiet:
+            if now - self._last_log >= self.log_every:
+                self._last_log = now
+                self.console.print(progress_line(config, members, events), highlight=False, markup=False)
+            return
+        view = self.renderable(config, members, events)
+        if self._live is None:
+            from rich.errors import LiveError
+            from rich.live import Live
+
+            live = Live(view, console=self.console, auto_refresh=False, transient=False)
+            try:
+                live.start()
+            except LiveError:  # another live display (e.g. run(progress=True)) owns the terminal
+                self.quiet = True
+                self.console.print(progress_line(config, members, events), highlight=False, markup=False)
+                return
+            self._live = live
+        self._live.update(view, refresh=True)
+
+    def close(self) -> None:
+        """Show the final state (read anew: the last ``update`` may have been throttled) and release the terminal."""
+        if self._source is not None:
+            store, config = self._source
+            self._state = (config, store.list_members(config.name), store.events(config.name))
+        if self._live is not None:
+            if self._state is not None:
+                self._live.update(self.renderable(*self._state), refresh=True)
+            self._live.stop()
+            self._live = None
+        elif self.quiet and self._state is not None:
+            self.console.print(progress_line(*self._state), highlight=False, markup=False)

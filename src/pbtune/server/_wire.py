@@ -1,0 +1,141 @@
+"""What travels on the wire: JSON request models and the JSON form of records.
+
+JSON has no NaN or infinity, and a NaN score is meaningful (it ranks worst), so non-finite
+floats travel as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from pbtune.types import MemberRecord
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "TOKEN_PATTERN",
+    "float_to_wire",
+    "float_from_wire",
+    "member_to_wire",
+    "JoinRequest",
+    "TokenRequest",
+    "ReportRequest",
+    "ExploitRequest",
+    "ExploreRequest",
+    "CheckpointSpec",
+]
+
+PROTOCOL_VERSION = 1
+TOKEN_PATTERN = r"^[A-Za-z0-9_.:@-]{1,120}$"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+_NON_FINITE = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "-infinity": -math.inf, "-inf": -math.inf}
+
+
+def float_to_wire(value: float | None) -> float | str | None:
+    """``nan`` -> ``"NaN"``, ``inf`` -> ``"Infinity"``; finite floats and None unchanged."""
+    if value is None or math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def float_from_wire(value: Any) -> float:
+    """The inverse of :func:`float_to_wire`; rejects booleans and other strings."""
+    if isinstance(value, bool):
+        raise ValueError("a number, not a boolean")
+    if isinstance(value, str):
+        try:
+            return _NON_FINITE[value.strip().lower()]
+        except KeyError:
+            raise ValueError("a number or one of 'NaN', 'Infinity', '-Infinity'") from None
+    if isinstance(value, (int, float)):
+        return float(value)
+    raise ValueError("a number")
+
+
+def _metrics_from_wire(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: float_from_wire(v) if isinstance(v, str) and v.strip().lower() in _NON_FINITE else v
+                for k, v in value.items()}
+    return value
+
+
+def metrics_to_wire(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {k: float_to_wire(v) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+WireFloat = Annotated[float, BeforeValidator(float_from_wire)]
+
+
+def _token(value: Any) -> Any:
+    if value is not None and (not isinstance(value, str) or not _TOKEN_RE.match(value)):
+        raise ValueError(f"a client token matching {TOKEN_PATTERN}")
+    return value
+
+
+Token = Annotated[Optional[str], BeforeValidator(_token)]
+
+
+def member_to_wire(record: MemberRecord) -> dict[str, Any]:
+    """The JSON form of a member snapshot (what clients and ``GET /population`` see)."""
+    return {
+        "member_id": record.member_id,
+        "state": record.state.value,
+        "step": record.step,
+        "hparams": dict(record.hparams),
+        "score": float_to_wire(record.score),
+        "score_step": record.score_step,
+        "checkpoint_step": record.checkpoint_step,
+        "has_checkpoint": record.checkpoint is not None,
+        "last_ready_step": record.last_ready_step,
+        "client": record.lease_owner,
+        "lease_expires": record.lease_expires,
+        "error": record.error,
+    }
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JoinRequest(_Strict):
+    """Join the population: as ``member_id`` (rejoin), or as any free member (``member_id`` null)."""
+
+    member_id: Optional[int] = Field(default=None, ge=0)
+    token: Token = None
+    space: Optional[dict[str, Any]] = None
+
+
+class TokenRequest(_Strict):
+    token: Token = None
+
+
+class CheckpointSpec(_Strict):
+    """Exactly one of: ``upload`` (an id from ``POST /uploads``) or ``path`` (on a shared filesystem)."""
+
+    upload: Optional[str] = Field(default=None, max_length=64)
+    path: Optional[str] = Field(default=None, max_length=4096)
+
+
+class ReportRequest(_Strict):
+    token: Token = None
+    step: Optional[int] = Field(default=None, ge=0)
+    metric: WireFloat
+    metrics: Annotated[Optional[dict[str, Any]], BeforeValidator(_metrics_from_wire)] = None
+    checkpoint: Optional[CheckpointSpec] = None
+
+
+class ExploitRequest(_Strict):
+    token: Token = None
+    step: Optional[int] = Field(default=None, ge=0)
+    after_decision: bool = False
+
+
+class ExploreRequest(_Strict):
+    token: Token = None
+    from_hparams: Optional[dict[str, Any]] = None

@@ -1,0 +1,229 @@
+"""The HTTP API: FastAPI routes over :class:`~pbtune.server.service.PopulationService`.
+
+Every route except ``GET /health`` needs ``Authorization: Bearer <key>``; the key is checked
+(in constant time) before the request body is read, so a request with a wrong or missing
+key changes nothing. Bodies are JSON (checkpoint uploads are raw bytes); errors are JSON
+``{"error": code, "detail": message}`` with a 4xx/5xx status.
+
+Example:
+    >>> import tempfile
+    >>> from fastapi.testclient import TestClient  # doctest: +SKIP
+    >>> from pbtune.server.uploads import UploadArea
+    >>> from pbtune.server.service import PopulationService
+    >>> d = tempfile.mkdtemp()
+    >>> service = PopulationService({"name": "doc", "space": None, "storage": f"sqlite:///{d}/s.db",
+    ...     "checkpoints": f"{d}/ck", "population": 2}, uploads=UploadArea(f"{d}/up", max_bytes=10))
+    >>> app = create_app(service, auth_key="secret")
+    >>> sorted(r.path for r in app.routes if r.path.startswith("/pop"))
+    ['/population']
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pbtune.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    IllegalTransitionError,
+    InvalidConfigError,
+    LeaseLostError,
+    MemberFinishedError,
+    NotFoundError,
+    PBTuneError,
+    StoreError,
+)
+from pbtune.server._wire import (
+    ExploitRequest,
+    ExploreRequest,
+    JoinRequest,
+    ReportRequest,
+    TokenRequest,
+    member_to_wire,
+)
+from pbtune.server.errors import ServerError
+from pbtune.server.service import PopulationService, donor_to_wire
+
+__all__ = ["create_app", "MAX_JSON_BYTES"]
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 1 << 20
+_OPEN_PATHS = frozenset({"/health"})
+
+
+def _error(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
+
+
+class AuthMiddleware:
+    """Rejects requests without the shared key (401) and oversized JSON bodies (413) up front."""
+
+    def __init__(self, app: ASGIApp, *, key: bytes, upload_path: str = "/uploads") -> None:
+        self.app = app
+        self._key = key
+        self._upload_path = upload_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._key):
+            reason = "missing" if b"authorization" not in headers else "wrong"
+            response = _error(401, "unauthorized", f"{reason} auth key: send the header 'Authorization: Bearer <key>'")
+            await response(scope, receive, send)
+            return
+        length = headers.get(b"content-length", b"")
+        if scope["path"] != self._upload_path and length.isdigit() and int(length) > MAX_JSON_BYTES:
+            await _error(413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def handler(status: int, code: str) -> Any:
+        async def handle(_request: Request, exc: Exception) -> JSONResponse:
+            return _error(status, code, str(exc))
+
+        return handle
+
+    async def server_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServerError)
+        return _error(exc.status, exc.code, str(exc))
+
+    async def invalid_config(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, InvalidConfigError)
+        return _error(422, "invalid", str(exc), field=exc.field, where=exc.where, constraint=exc.constraint,
+                      value=repr(exc.value)[:200])
+
+    async def validation(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "bad_json", "the request body is not valid JSON")
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        detail = f"`{where}` of `request` must be valid: {first.get('msg', 'invalid')}"
+        return _error(422, "invalid", detail, field=where, where="request", constraint=str(first.get("msg")),
+                      value=repr(first.get("input"))[:200])
+
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in the pbtune server")
+        return _error(500, "internal", f"internal server error: {type(exc).__name__}")
+
+    app.add_exception_handler(ServerError, server_error)
+    app.add_exception_handler(InvalidConfigError, invalid_config)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(NotFoundError, handler(404, "not_found"))
+    app.add_exception_handler(MemberFinishedError, handler(409, "member_finished"))
+    app.add_exception_handler(IllegalTransitionError, handler(409, "illegal_transition"))
+    app.add_exception_handler(LeaseLostError, handler(409, "lease_lost"))
+    app.add_exception_handler(CorruptCheckpointError, handler(500, "corrupt_checkpoint"))
+    app.add_exception_handler(CheckpointError, handler(422, "checkpoint_error"))
+    app.add_exception_handler(StoreError, handler(503, "store_unavailable"))
+    app.add_exception_handler(PBTuneError, handler(409, "conflict"))
+    app.add_exception_handler(Exception, unexpected)
+
+
+def create_app(service: PopulationService, *, auth_key: str | bytes) -> FastAPI:
+    """The FastAPI application serving ``service``; requests must carry ``auth_key``."""
+    key = auth_key.encode() if isinstance(auth_key, str) else bytes(auth_key)
+    if not key:
+        raise InvalidConfigError("auth_key", "pbtune server", "a non-empty key", auth_key)
+    app = FastAPI(title="pbtune server", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_error_handlers(app)
+    app.add_middleware(AuthMiddleware, key=key)
+    started = time.time()
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"ok": True}
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return {**service.info(), "uptime_s": round(time.time() - started, 3)}
+
+    @app.get("/population")
+    def population() -> dict[str, Any]:
+        return service.population_view()
+
+    @app.post("/join")
+    def join(body: JoinRequest) -> dict[str, Any]:
+        record, token = service.join(body.member_id, body.token, body.space)
+        assert service.config is not None
+        return {"member": member_to_wire(record), "token": token, "lease_seconds": service.config.lease_seconds,
+                "info": service.info()}
+
+    @app.get("/members/{member_id}")
+    def member(member_id: int) -> dict[str, Any]:
+        return {"member": member_to_wire(service.member(member_id))}
+
+    @app.post("/members/{member_id}/heartbeat")
+    def heartbeat(member_id: int, body: TokenRequest) -> dict[str, Any]:
+        return {"held": service.heartbeat(member_id, body.token)}
+
+    @app.post("/members/{member_id}/report")
+    def report(member_id: int, body: ReportRequest) -> dict[str, Any]:
+        record = service.report(member_id, body.token, body.step, body.metric, metrics=body.metrics,
+                                checkpoint=body.checkpoint)
+        return {"member": member_to_wire(record)}
+
+    @app.post("/members/{member_id}/should-exploit")
+    def should_exploit(member_id: int, body: TokenRequest) -> dict[str, Any]:
+        decided, record = service.should_exploit(member_id, body.token)
+        return {"exploit": decided, "member": member_to_wire(record)}
+
+    @app.post("/members/{member_id}/exploit")
+    def exploit(member_id: int, body: ExploitRequest) -> dict[str, Any]:
+        donor, record = service.exploit(member_id, body.token, body.step, body.after_decision)
+        return {"donor": donor_to_wire(donor), "member": member_to_wire(record)}
+
+    @app.post("/members/{member_id}/explore")
+    def explore(member_id: int, body: ExploreRequest) -> dict[str, Any]:
+        hparams, record = service.explore(member_id, body.token, body.from_hparams)
+        return {"hparams": hparams, "member": member_to_wire(record)}
+
+    @app.post("/members/{member_id}/finish")
+    def finish(member_id: int, body: TokenRequest) -> dict[str, Any]:
+        return {"member": member_to_wire(service.finish(member_id, body.token))}
+
+    @app.get("/members/{member_id}/checkpoint")
+    def checkpoint(member_id: int) -> dict[str, Any]:
+        found = service.checkpoint(member_id)
+        return {"checkpoint": found}
+
+    @app.get("/members/{member_id}/checkpoint/content")
+    def checkpoint_content(member_id: int, sha256: str | None = None) -> Response:
+        found = service.checkpoint(member_id)
+        if found is None:
+            raise NotFoundError(f"member {member_id} has no checkpoint yet")
+        if sha256 is not None and sha256 != found["sha256"]:
+            raise ServerError(f"member {member_id}'s checkpoint changed since it was asked for; ask again",
+                              status=409, code="checkpoint_changed")
+        if found["is_dir"]:
+            raise ServerError("this checkpoint is a folder: folders are served only on a shared filesystem",
+                              status=409, code="checkpoint_is_folder")
+        return FileResponse(found["path"], media_type="application/octet-stream",
+                            headers={"X-Pbtune-Sha256": found["sha256"] or ""})
+
+    @app.post("/uploads")
+    async def upload(request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length", "")
+        staged = await service.uploads.receive(
+            request.stream(), request.headers.get("x-pbtune-sha256", ""), request.headers.get("x-pbtune-suffix", ""),
+            int(length) if length.isdigit() else None,
+        )
+        return {"upload": staged.upload_id, "size": staged.size, "sha256": staged.sha256}
+
+    return app

@@ -1,0 +1,100 @@
+"""CLI commands of the server subsystem: ``pbtune server`` and ``pbtune server-status``.
+
+Heavy imports (FastAPI, uvicorn, httpx) happen inside the commands, so ``pbtune`` starts fast
+and works without the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from pbtune.errors import PBTuneError
+
+__all__ = ["register", "server", "server_status"]
+
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _key(path: str) -> str:
+    from pbtune.server.status import read_key_file
+
+    key = read_key_file(path)
+    if os.name == "posix" and os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        console.print(f"[yellow]warning:[/] {path} is readable by other users; chmod 600 it")
+    return key
+
+
+def server(
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+    auth_key_file: str = typer.Option(..., "--auth-key-file", envvar="PBTUNE_AUTH_KEY_FILE",
+                                      help="File holding the shared key clients must send."),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the population store."),
+    checkpoints: Optional[str] = typer.Option(None, help="Checkpoint folder or fsspec URL."),
+    config: Optional[str] = typer.Option(None, help="JSON/YAML run config (space, population, strategies)."),
+    run: str = typer.Option("pbt", help="Run name when --config is not given."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
+    population: int = typer.Option(8, help="Members in the population (without --config)."),
+    mode: Optional[str] = typer.Option(None, help="max or min: the direction of the metric."),
+    ready_interval: int = typer.Option(1, help="Saves between exploit decisions (without --config)."),
+    budget: Optional[int] = typer.Option(None, help="Steps per member (default: unbounded)."),
+    lease_seconds: float = typer.Option(60.0, help="A client silent this long frees its member."),
+    shared_root: Optional[List[str]] = typer.Option(
+        None, "--shared-root", help="Folder on a shared filesystem whose files clients may name (repeatable)."),
+    upload_dir: Optional[str] = typer.Option(None, help="Where uploaded checkpoints are staged."),
+    max_upload_mb: float = typer.Option(1024.0, help="Largest checkpoint upload, in MiB."),
+    ssl_certfile: Optional[str] = typer.Option(None, help="TLS certificate (PEM): serve HTTPS."),
+    ssl_keyfile: Optional[str] = typer.Option(None, help="TLS private key (PEM)."),
+    log_level: str = typer.Option("warning", help="uvicorn log level."),
+) -> None:
+    """Serve a PBT population over HTTP to PBTClient members on other processes and machines."""
+    from pbtune.server import require_extra
+
+    if mode not in (None, "max", "min"):
+        _fail(f"--mode must be max or min; got {mode!r}")
+    try:
+        runner = require_extra("pbtune.server.runner")
+        key = _key(auth_key_file)
+        instance = runner.PBTServer(
+            port, key, None if mode is None else mode == "max", host=host, config=config, run=run,
+            storage=storage, checkpoints=checkpoints, population=population, budget=budget,
+            ready_interval=ready_interval, lease_seconds=lease_seconds, shared_roots=tuple(shared_root or ()),
+            upload_dir=upload_dir, max_upload_bytes=max(1, int(max_upload_mb * (1 << 20))),
+            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level,
+        )
+        console.print(f"[bold]pbtune server[/] run [bold]{instance.template['name']}[/] "
+                      f"store {instance.template['storage']} on {instance.url.rsplit(':', 1)[0]}:{port}")
+        instance.serve()
+    except (PBTuneError, ModuleNotFoundError, OSError) as exc:
+        _fail(str(exc))
+
+
+def server_status(
+    url: str = typer.Argument(..., help="The server's URL, e.g. http://10.0.0.5:8000."),
+    auth_key_file: str = typer.Option(..., "--auth-key-file", envvar="PBTUNE_AUTH_KEY_FILE",
+                                      help="File holding the server's shared key."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    cacert: Optional[str] = typer.Option(None, help="CA bundle that signed the server's certificate."),
+) -> None:
+    """The live population of a running server (GET /population)."""
+    from pbtune.server.status import read_key_file, show_population
+
+    try:
+        show_population(url, read_key_file(auth_key_file), as_json=as_json, verify=cacert or True, console=console)
+    except (PBTuneError, ModuleNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``server`` and ``server-status`` to the ``pbtune`` command."""
+    app.command("server")(server)
+    app.command("server-status")(server_status)

@@ -1,0 +1,243 @@
+"""``PBTServer``: the population server process (uvicorn serving :func:`create_app`).
+
+Example::
+
+    server = PBTServer(8000, "a-long-shared-secret", maximize_metric=True,
+                       storage="sqlite:///pbt.db", checkpoints="ckpts")
+    server.serve()          # blocks; or server.start() ... server.stop() to run it in a thread
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pbtune.config import DEFAULT_DIR, RunConfig, load_config
+from pbtune.errors import InvalidConfigError, PBTuneError
+from pbtune.server.app import create_app
+from pbtune.server.service import PopulationService
+from pbtune.server.uploads import UploadArea
+
+__all__ = ["PBTServer", "DEFAULT_MAX_UPLOAD_BYTES", "UNBOUNDED_BUDGET"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
+UNBOUNDED_BUDGET = 1_000_000_000  # clients decide when to stop
+_DUMMY_SPACE = {"x": {"type": "choice", "values": [0]}}
+
+
+class PBTServer:
+    """A PBT population served over HTTP to :class:`~pbtune.server.client.PBTClient` members.
+
+    The legacy positional form ``PBTServer(port, auth_key, maximize_metric)`` creates a run whose
+    space comes from the first client that joins (its ``config_path``); pass ``config`` (a
+    :class:`RunConfig`, its dict, or a JSON/YAML path) to fix everything up front. A run already in
+    ``storage`` is reopened with its stored settings, so a restarted server continues it.
+
+    Args:
+        port: TCP port (0 picks a free one; see :attr:`port` after :meth:`start`).
+        auth_key: the shared key clients send as a bearer token (str or bytes, non-empty).
+        maximize_metric: True if larger scores are better (``mode="max"``); default: the
+            config's mode, else True.
+        host: interface to listen on (``0.0.0.0`` for other machines).
+        config: the run's full settings.
+        run: the run's name when ``config`` is not given.
+        storage / checkpoints: population store URL and checkpoint folder/URL (override ``config``).
+        population: number of members (default 8), when ``config`` is not given.
+        budget: steps per member (default unbounded: clients stop when they like).
+        ready_interval: steps (saves) between exploit decisions (default 1: decide after every save).
+        exploit / explore / seed / lease_seconds / keep_checkpoints: as in :class:`RunConfig`.
+        shared_roots: folders on a shared filesystem whose files clients may name as checkpoints.
+        upload_dir: where uploaded checkpoints are staged (default: a folder in the temp dir).
+        max_upload_bytes: largest checkpoint upload accepted.
+        ssl_certfile / ssl_keyfile: serve HTTPS with this certificate and key.
+    """
+
+    def __init__(
+        self,
+        port: int = 8000,
+        auth_key: str | bytes = "",
+        maximize_metric: bool | None = None,
+        *,
+        host: str = "127.0.0.1",
+        config: RunConfig | Mapping[str, Any] | str | None = None,
+        run: str = "pbt",
+        storage: str | None = None,
+        checkpoints: str | None = None,
+        population: int = 8,
+        budget: int | None = None,
+        ready_interval: int = 1,
+        exploit: Any = None,
+        explore: Any = None,
+        seed: int = 0,
+        lease_seconds: float = 60.0,
+        keep_checkpoints: int = 2,
+        shared_roots: Sequence[str] = (),
+        upload_dir: str | None = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise InvalidConfigError("port", "PBTServer", "an integer in [0, 65535]", port)
+        if not isinstance(auth_key, (str, bytes)) or not auth_key:
+            raise InvalidConfigError("auth_key", "PBTServer", "a non-empty string or bytes", "<hidden>")
+        if maximize_metric is not None and not isinstance(maximize_metric, bool):
+            raise InvalidConfigError("maximize_metric", "PBTServer", "True, False or None", maximize_metric)
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            raise InvalidConfigError("ssl_keyfile" if ssl_keyfile is None else "ssl_certfile", "PBTServer",
+                                     "given together with the other ssl file", ssl_keyfile or ssl_certfile)
+        if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
+            raise InvalidConfigError("max_upload_bytes", "PBTServer", "an integer >= 1", max_upload_bytes)
+        for root in shared_roots:
+            if not os.path.isdir(root):
+                raise InvalidConfigError("shared_roots", "PBTServer", "existing folders", root)
+        self.host = host
+        self.port = port
+        self.auth_key = auth_key
+        self.template = _template(
+            config, maximize_metric, run=run, storage=storage, checkpoints=checkpoints, population=population,
+            budget=budget, ready_interval=ready_interval, exploit=exploit, explore=explore, seed=seed,
+            lease_seconds=lease_seconds, keep_checkpoints=keep_checkpoints,
+        )
+        self.shared_roots = tuple(shared_roots)
+        self.upload_dir = upload_dir or _default_upload_dir(self.template)
+        self.max_upload_bytes = max_upload_bytes
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
+        self.log_level = log_level
+        self.service: PopulationService | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_certfile else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def build_app(self) -> Any:
+        """Open the store (creating or reopening the run) and return the FastAPI application."""
+        _ensure_sqlite_folder(self.template["storage"])
+        uploads = UploadArea(self.upload_dir, max_bytes=self.max_upload_bytes)
+        uploads.sweep()
+        self.service = PopulationService(self.template, uploads=uploads, shared_roots=self.shared_roots)
+        return create_app(self.service, auth_key=self.auth_key)
+
+    def _uvicorn(self) -> tuple[Any, Any]:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.build_app(), host=self.host, port=self.port, log_level=self.log_level,
+            ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile, timeout_keep_alive=30,
+            access_log=self.log_level in ("debug", "trace"),
+        )
+        sock = config.bind_socket()
+        self.port = sock.getsockname()[1]
+        return uvicorn.Server(config), sock
+
+    def serve(self) -> None:
+        """Serve until interrupted (Ctrl-C or SIGTERM)."""
+        server, sock = self._uvicorn()
+        self._server = server
+        log.warning("pbtune server for run %r listening on %s", self.template["name"], self.url)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            self._close()
+
+    def start(self, timeout: float = 30.0) -> PBTServer:
+        """Serve in a background thread; return once it accepts connections."""
+        if self._thread is not None:
+            raise PBTuneError("this PBTServer is already running")
+        server, sock = self._uvicorn()
+        self._server = server
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                                        name=f"pbtune-server-{self.port}")
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise PBTuneError(f"the pbtune server did not start on {self.url}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`start` (in-flight requests finish first)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._close()
+
+    def _close(self) -> None:
+        if self.service is not None:
+            self.service.close()
+            self.service = None
+
+    def __enter__(self) -> PBTServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _template(
+    config: RunConfig | Mapping[str, Any] | str | None, maximize_metric: bool | None, *, run: str,
+    storage: str | None, checkpoints: str | None, **settings: Any,
+) -> dict[str, Any]:
+    """The run's settings as a RunConfig dict, validated now (``space`` may be None)."""
+    if config is not None:
+        cfg = load_config(config) if isinstance(config, str) else (
+            config if isinstance(config, RunConfig) else RunConfig.from_dict(config))
+        mode = "max" if maximize_metric else "min"
+        if maximize_metric is not None and mode != cfg.mode:
+            raise InvalidConfigError("maximize_metric", "PBTServer", f"consistent with the config's mode {cfg.mode!r}",
+                                     maximize_metric)
+        template = cfg.to_dict()
+        if storage is not None:
+            template["storage"] = storage
+        if checkpoints is not None:
+            template["checkpoints"] = checkpoints
+        RunConfig.from_dict(template)
+        return template
+    template = {
+        "name": run,
+        "mode": "min" if maximize_metric is False else "max",
+        "population": settings["population"],
+        "budget": settings["budget"] if settings["budget"] is not None else UNBOUNDED_BUDGET,
+        "ready": {"interval": settings["ready_interval"]},
+        "seed": settings["seed"],
+        "lease_seconds": settings["lease_seconds"],
+        "keep_checkpoints": settings["keep_checkpoints"],
+        "storage": storage or f"sqlite:///{DEFAULT_DIR}/pbtune.db",
+        "checkpoints": checkpoints or f"{DEFAULT_DIR}/checkpoints",
+    }
+    for key in ("exploit", "explore"):
+        if settings[key] is not None:
+            template[key] = settings[key]
+    template = RunConfig.from_dict({**template, "space": _DUMMY_SPACE}).to_dict()  # validate every field now
+    template["space"] = None  # comes with the first client
+    return template
+
+
+def _default_upload_dir(template: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(f"{template['storage']}|{template['name']}".encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "pbtune-uploads", digest)
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and len(url) > len(prefix):
+        folder = os.path.dirname(url[len(prefix):])
+        if folder:
+            os.makedirs(folder, exist_ok=True)

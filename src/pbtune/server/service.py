@@ -1,0 +1,437 @@
+"""The population behind the server: the core Member logic over one run in a PopulationStore.
+
+Everything here is plain Python (no HTTP), so it is what the routes in :mod:`pbtune.server.app`
+call and what a restarted server reopens: all state that matters lives in the store; the
+only in-memory state is the exploit decision between ``should_exploit`` and ``exploit``,
+and a request retried after a restart is recognised from the store (see ``report``,
+``exploit``, ``explore``).
+
+How member ids are handed out (a population of N members ``0..N-1``):
+
+* Joining without an id leases the least advanced free member to the client's token
+  (:meth:`PopulationStore.claim`); the client heartbeats, and a member whose client stopped
+  heartbeating for ``lease_seconds`` is free again (the next client resumes it from its last
+  checkpoint). When none is free the join fails with ``population_full``.
+* Joining with an id rejoins that member: a restarted client keeps its identity. A member
+  leased to another live client is refused (``member_held``); an unleased one is reserved
+  for whoever names it, and is never handed to a client that joins without an id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pbtune.checkpoints import CheckpointStore
+from pbtune.config import RunConfig
+from pbtune.engine.local import best_member
+from pbtune.errors import NotFoundError, PBTuneError
+from pbtune.member import Donor, Member, Population
+from pbtune.server._wire import PROTOCOL_VERSION, CheckpointSpec, float_to_wire, member_to_wire
+from pbtune.server.errors import PopulationFullError, ServerError
+from pbtune.server.uploads import UploadArea
+from pbtune.space import Space
+from pbtune.store import PopulationStore, open_store
+from pbtune.types import MemberRecord, MemberState
+
+__all__ = ["PopulationService", "CheckpointInfo"]
+
+log = logging.getLogger(__name__)
+
+CheckpointInfo = dict[str, Any]
+
+
+class PopulationService:
+    """One run of a store, served to remote members.
+
+    Args:
+        template: a :class:`RunConfig` dict (``to_dict()`` form). ``space`` may be None: the
+            first client that joins with a space creates the run. A run of the same name
+            already in the store is reopened with its stored settings.
+        uploads: where uploaded checkpoints are staged.
+        shared_roots: folders whose files clients may name as checkpoints (shared filesystem).
+        store: an open store (default: opened from ``template["storage"]``).
+        clock: seconds since the epoch (lease expiry checks).
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> template = RunConfig(name="doc", space={"x": {"type": "float", "low": 0, "high": 1}},
+        ...     population=2, storage=f"sqlite:///{d}/pbt.db", checkpoints=f"{d}/ck").to_dict()
+        >>> service = PopulationService(template, uploads=UploadArea(f"{d}/up", max_bytes=1024))
+        >>> record, token = service.join(None, "client-a", None)
+        >>> (record.member_id, token)
+        (0, 'client-a')
+    """
+
+    def __init__(
+        self,
+        template: Mapping[str, Any],
+        *,
+        uploads: UploadArea,
+        shared_roots: tuple[str, ...] = (),
+        store: PopulationStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._template = dict(template)
+        self.run_name: str = self._template["name"]
+        self.uploads = uploads
+        self.shared_roots = tuple(os.path.realpath(root) for root in shared_roots)
+        self._clock = clock
+        self.store = store if store is not None else open_store(self._template["storage"])
+        self._create_lock = threading.Lock()
+        self._locks: dict[int, threading.Lock] = {}
+        self._handles: dict[int, tuple[str | None, Member]] = {}
+        self._decided: set[int] = set()  # members whose last should_exploit said yes
+        self._population: Population | None = None
+        self.config: RunConfig | None = None
+        self._reopen()
+
+    # -- the run -----------------------------------------------------------------------------
+    def _reopen(self) -> None:
+        try:
+            stored = dict(self.store.get_run(self.run_name).config)
+        except NotFoundError:
+            if self._template.get("space") is not None:
+                self._open(RunConfig.from_dict(self._template))
+            return
+        stored["storage"] = self._template["storage"]
+        stored["checkpoints"] = self._template["checkpoints"]
+        ignored = sorted(k for k, v in self._template.items()
+                         if k not in ("storage", "checkpoints") and v is not None and stored.get(k) != v)
+        if ignored:
+            log.warning("run %r already exists in the store: its stored settings win over the server's %s",
+                        self.run_name, ", ".join(ignored))
+        self._open(RunConfig.from_dict(stored))
+
+    def _open(self, config: RunConfig) -> None:
+        population = Population(config, store=self.store, checkpoints=CheckpointStore(config.checkpoints))
+        self._locks = {member_id: threading.Lock() for member_id in range(config.population)}
+        self.config = config
+        self._population = population
+
+    def _ensure_run(self, space: Mapping[str, Any] | None) -> Population:
+        if self._population is None:
+            if space is None:
+                raise ServerError(
+                    f"run {self.run_name!r} does not exist yet and this server was started without a space:"
+                    " the first client must join with one (PBTClient config_path=...)",
+                    status=409, code="run_not_created",
+                )
+            with self._create_lock:
+                if self._population is None:
+                    template = {**self._template, "space": Space(space).to_config()}
+                    self._open(RunConfig.from_dict(template))
+                    log.info("created run %r from the space of the first client", self.run_name)
+        assert self._population is not None
+        return self._population
+
+    def _check_space(self, space: Mapping[str, Any]) -> None:
+        assert self.config is not None
+        mine = self.config.space.to_config()
+        theirs = Space(space).to_config()
+        if mine == theirs:
+            return
+        differences = [
+            f"{name}: run has {mine.get(name)}, client has {theirs.get(name)}"
+            for name in sorted(set(mine) | set(theirs)) if mine.get(name) != theirs.get(name)
+        ]
+        raise ServerError(
+            f"the client's space differs from the space of run {self.run_name!r}: " + "; ".join(differences),
+            status=409, code="space_mismatch",
+        )
+
+    def _check_member_id(self, member_id: int) -> Population:
+        if self._population is None or self.config is None:
+            raise ServerError(f"run {self.run_name!r} does not exist yet: join first", status=409,
+                              code="run_not_created")
+        if not 0 <= member_id < self.config.population:
+            raise NotFoundError(
+                f"run {self.run_name!r} has no member {member_id}: ids are 0..{self.config.population - 1}"
+            )
+        return self._population
+
+    def _handle(self, member_id: int, token: str | None) -> Member:
+        """The cached Member for this member and token (it carries the pending exploit decision)."""
+        population = self._check_member_id(member_id)
+        cached = self._handles.get(member_id)
+        if cached is not None and cached[0] == token:
+            return cached[1]
+        member = population.member(member_id, worker=token)
+        self._handles[member_id] = (token, member)
+        self._decided.discard(member_id)
+        return member
+
+    # -- joining -----------------------------------------------------------------------------
+    def join(
+        self, member_id: int | None, token: str | None, space: Mapping[str, Any] | None
+    ) -> tuple[MemberRecord, str | None]:
+        """Join as ``member_id``, or as a free member (leased to ``token``).
+
+        Returns the member and the token to heartbeat with (None: nothing to heartbeat).
+        """
+        self._ensure_run(space)
+        if space is not None:
+            self._check_space(space)
+        assert self.config is not None
+        config = self.config
+        if member_id is None:
+            if token is None:
+                raise ServerError("joining as a free member needs a client `token`", status=422, code="invalid")
+            for member in self.store.list_members(self.run_name):  # a join retried after its answer was lost
+                if member.lease_owner == token and member.state is MemberState.RUNNING:
+                    return member, token
+            claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget)
+            if claimed is None:
+                raise PopulationFullError(self._full_message(), status=409, code="population_full")
+            log.info("client %s joined as member %d", token, claimed.member_id)
+            return claimed, token
+        self._check_member_id(member_id)
+        with self._locks[member_id]:
+            record = self.store.get_member(self.run_name, member_id)
+            if record.lease_owner is not None and record.state is MemberState.RUNNING:
+                live = (record.lease_expires or 0.0) > self._clock()
+                if record.lease_owner != token and live:
+                    raise ServerError(
+                        f"member {member_id} is held by the live client {record.lease_owner!r} (its lease runs"
+                        f" {record.lease_expires - self._clock():.0f} s more); join as another member or wait",
+                        status=409, code="member_held",
+                    )
+                # our own lease, or a dead client's: take it over and keep it alive
+                self.store.heartbeat(self.run_name, record.lease_owner, config.lease_seconds)
+                return self.store.get_member(self.run_name, member_id), record.lease_owner
+            if record.state in (MemberState.PENDING, MemberState.PAUSED):
+                record = self.store.set_state(self.run_name, member_id, MemberState.RUNNING)
+                if record.lease_owner not in (None, token):  # a free-member join won the race
+                    raise ServerError(f"member {member_id} was just leased to another client",
+                                      status=409, code="member_held")
+            return record, None
+
+    def _full_message(self) -> str:
+        assert self.config is not None
+        members = self.store.list_members(self.run_name)
+        done = sum(m.state.is_final or m.step >= self.config.budget for m in members)
+        return (
+            f"no free member in run {self.run_name!r}: all {len(members)} members are held by live clients"
+            f" or done ({done} finished or at the budget of {self.config.budget} steps). Start the server with"
+            f" a larger population, or rejoin as a member id; a member whose client stops heartbeating is"
+            f" free again after lease_seconds={self.config.lease_seconds:g}"
+        )
+
+    def heartbeat(self, member_id: int, token: str | None) -> bool:
+        """Extend the lease of ``token``; False if it no longer holds ``member_id``."""
+        self._check_member_id(member_id)
+        if token is None:
+            raise ServerError("heartbeat needs the client `token`", status=422, code="invalid")
+        assert self.config is not None
+        return member_id in self.store.heartbeat(self.run_name, token, self.config.lease_seconds)
+
+    # -- Algorithm 1 -------------------------------------------------------------------------
+    def report(
+        self,
+        member_id: int,
+        token: str | None,
+        step: int | None,
+        metric: float,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        checkpoint: CheckpointSpec | None = None,
+    ) -> MemberRecord:
+        """Record a score (and checkpoint). A repeat of the last committed report is a no-op."""
+        self._check_member_id(member_id)
+        upload = checkpoint.upload if checkpoint is not None else None
+        with self._locks[member_id]:
+            member = self._handle(member_id, token)
+            record = member.refresh()
+            step = record.step + 1 if step is None else step
+            if _already_reported(record, step, metric, checkpoint is not None):
+                result = record
+            else:
+                source = self._checkpoint_source(checkpoint)
+                member.report(step, metric, checkpoint=source, metrics=metrics)
+                self._decided.discard(member_id)
+                result = member.record
+        if upload is not None:
+            self.uploads.discard(upload)
+        return result
+
+    def _checkpoint_source(self, spec: CheckpointSpec | None) -> str | None:
+        if spec is None:
+            return None
+        if (spec.upload is None) == (spec.path is None):
+            raise ServerError("`checkpoint` must have exactly one of `upload` or `path`", status=422, code="invalid")
+        if spec.upload is not None:
+            return self.uploads.path(spec.upload)
+        assert spec.path is not None
+        return self.shared_path(spec.path)
+
+    def shared_path(self, path: str) -> str:
+        """``path`` resolved, if it lies inside a shared root.
+
+        Raises:
+            ServerError: 400 for a relative path or one with ``..``; 403 outside the shared roots.
+        """
+        if not self.shared_roots:
+            raise ServerError("this server takes no shared-filesystem paths (start it with --shared-root DIR);"
+                              " upload the checkpoint instead", status=403, code="path_not_allowed")
+        if "\x00" in path or not os.path.isabs(path) or ".." in path.replace("\\", "/").split("/"):
+            raise ServerError(f"checkpoint path {path[:200]!r} must be absolute and without '..'",
+                              status=400, code="bad_name")
+        real = os.path.realpath(path)
+        for root in self.shared_roots:
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                return real
+        raise ServerError(f"checkpoint path {path[:200]!r} is outside the shared roots {list(self.shared_roots)}",
+                          status=403, code="path_not_allowed")
+
+    def should_exploit(self, member_id: int, token: str | None) -> tuple[bool, MemberRecord]:
+        self._check_member_id(member_id)
+        with self._locks[member_id]:
+            member = self._handle(member_id, token)
+            decided = member.should_exploit()
+            if decided:
+                self._decided.add(member_id)
+            else:
+                self._decided.discard(member_id)
+            return decided, member.record
+
+    def exploit(
+        self, member_id: int, token: str | None, step: int | None, after_decision: bool
+    ) -> tuple[Donor | None, MemberRecord]:
+        """Carry out the pending decision.
+
+        ``after_decision`` says the client saw ``should_exploit`` answer True at ``step``; if
+        the decision was lost (server restart), the exploit already applied at that step is
+        returned, or the decision is made again.
+        """
+        self._check_member_id(member_id)
+        with self._locks[member_id]:
+            member = self._handle(member_id, token)
+            if member_id in self._decided:
+                self._decided.discard(member_id)
+                return member.exploit(), member.record
+            if after_decision:
+                record = member.refresh()
+                done = self._applied_exploit(record, step)
+                if done is not None:
+                    return done, record
+                if member.should_exploit():
+                    return member.exploit(), member.record
+                return None, member.record
+            member.exploit()  # raises: no decision to carry out
+            raise AssertionError("unreachable")
+
+    def _applied_exploit(self, record: MemberRecord, step: int | None) -> Donor | None:
+        if step is None or record.step != step or record.last_ready_step != step:
+            return None
+        events = self.store.events(self.run_name, record.member_id)
+        last = events[-1] if events else None
+        if last is None or last.kind != "exploit" or last.step != step or last.donor_id is None:
+            return None
+        donor_step = last.donor_step if last.donor_step is not None else step
+        scores = [s.score for s in self.store.scores(self.run_name, last.donor_id) if s.step == donor_step]
+        return Donor(last.donor_id, donor_step, scores[-1] if scores else math.nan, dict(last.new_hparams or {}))
+
+    def explore(
+        self, member_id: int, token: str | None, from_hparams: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], MemberRecord]:
+        """Explore; if ``from_hparams`` was already explored away from (a retry), return the result."""
+        self._check_member_id(member_id)
+        with self._locks[member_id]:
+            member = self._handle(member_id, token)
+            record = member.refresh()
+            if from_hparams is not None and dict(record.hparams) != dict(from_hparams):
+                events = self.store.events(self.run_name, member_id)
+                last = events[-1] if events else None
+                if (last is not None and last.kind == "explore" and dict(last.old_hparams or {}) == dict(from_hparams)
+                        and dict(last.new_hparams or {}) == dict(record.hparams)):
+                    return dict(record.hparams), record
+            hparams = member.explore()
+            return hparams, member.record
+
+    def finish(self, member_id: int, token: str | None) -> MemberRecord:
+        self._check_member_id(member_id)
+        with self._locks[member_id]:
+            member = self._handle(member_id, token)
+            if member.refresh().state is MemberState.FINISHED:
+                return member.record  # a retried finish
+            member.finish()
+            self._decided.discard(member_id)
+            return member.record
+
+    # -- reads -------------------------------------------------------------------------------
+    def member(self, member_id: int) -> MemberRecord:
+        self._check_member_id(member_id)
+        return self.store.get_member(self.run_name, member_id)
+
+    def checkpoint(self, member_id: int) -> CheckpointInfo | None:
+        """The member's current checkpoint as a verified local path (what parameters_path loads)."""
+        population = self._check_member_id(member_id)
+        record = self.store.get_member(self.run_name, member_id)
+        if record.checkpoint is None:
+            return None
+        path = population.checkpoints.fetch(record.checkpoint, record.checkpoint_sha256 or "")
+        is_dir = os.path.isdir(path)
+        return {
+            "path": path, "sha256": record.checkpoint_sha256, "step": record.checkpoint_step, "is_dir": is_dir,
+            "size": None if is_dir else os.path.getsize(path),
+        }
+
+    def info(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "run": self.run_name,
+            "created": config is not None,
+            "mode": config.mode if config else self._template.get("mode"),
+            "population": config.population if config else self._template.get("population"),
+            "budget": config.budget if config else self._template.get("budget"),
+            "ready_interval": config.ready.interval if config else None,
+            "lease_seconds": config.lease_seconds if config else self._template.get("lease_seconds"),
+            "space": config.space.to_config() if config else None,
+            "shared_roots": list(self.shared_roots),
+            "max_upload_bytes": self.uploads.max_bytes,
+        }
+
+    def population_view(self) -> dict[str, Any]:
+        """The live population: every member's state, step, score and hyperparameters."""
+        if self.config is None:
+            return {"run": self.run_name, "created": False, "members": [], "best": None}
+        members = self.store.list_members(self.run_name)
+        try:
+            best: int | None = best_member(members, self.config.mode).member_id
+        except PBTuneError:
+            best = None
+        return {
+            "run": self.run_name,
+            "created": True,
+            "mode": self.config.mode,
+            "population": self.config.population,
+            "budget": self.config.budget,
+            "best": best,
+            "time": self._clock(),
+            "members": [member_to_wire(m) for m in members],
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _already_reported(record: MemberRecord, step: int, metric: float, with_checkpoint: bool) -> bool:
+    """True when ``record`` already holds exactly this report (its answer was lost; it is retried)."""
+    if record.score_step != step or record.step != step or record.score is None:
+        return False
+    same = record.score == metric or (math.isnan(record.score) and math.isnan(metric))
+    return same and (not with_checkpoint or record.checkpoint_step == step)
+
+
+def donor_to_wire(donor: Donor | None) -> dict[str, Any] | None:
+    if donor is None:
+        return None
+    return {"member_id": donor.member_id, "step": donor.step, "score": float_to_wire(donor.score),
+            "hparams": dict(donor.hparams)}
