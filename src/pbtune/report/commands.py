@@ -6,14 +6,21 @@ import enum
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 
 from pbtune.config import DEFAULT_DIR, RunConfig
 from pbtune.errors import InvalidConfigError, PBTuneError
-from pbtune.report.data import RunData, load_run, member_schedule, resolve_member, schedule_csv, schedule_records
+from pbtune.report.data import (
+    RunData,
+    load_run,
+    member_schedule,
+    resolve_member,
+    schedule_csv,
+    schedule_records,
+)
 from pbtune.store import open_store
 
 __all__ = ["register"]
@@ -38,7 +45,7 @@ def _storage_option() -> Any:
 
 
 def _fail(message: str) -> None:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False)
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -87,7 +94,7 @@ def plot(
 
 def report(
     run_name: str = typer.Argument(..., metavar="RUN"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN-report.html)."),
+    out: str | None = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN-report.html)."),
     storage: str = _storage_option(),
 ) -> None:
     """One self-contained HTML report of RUN (figures, sortable member table, best schedule, config)."""
@@ -102,7 +109,7 @@ def schedule(
     run_name: str = typer.Argument(..., metavar="RUN"),
     member: str = typer.Argument("best", help="Member id, or 'best'."),
     fmt: ScheduleFormat = typer.Option(ScheduleFormat.json, "--format", "-f", help="Output format."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
     storage: str = _storage_option(),
 ) -> None:
     """The hyperparameter schedule behind MEMBER's model (steps are the model's age; donors' steps first)."""
@@ -130,12 +137,12 @@ def schedule(
 def replay(
     run_name: str = typer.Argument(..., metavar="RUN"),
     member: str = typer.Option("best", "--member", "-m", help="Member id, or 'best'."),
-    steps: Optional[int] = typer.Option(None, "--steps", "-n", min=0,
+    steps: int | None = typer.Option(None, "--steps", "-n", min=0,
                                         help="Training steps (default: the age of the member's model)."),
-    trainable: Optional[str] = typer.Option(None, "--trainable", "-t",
+    trainable: str | None = typer.Option(None, "--trainable", "-t",
                                             help="module:Class or file.py:Class (default: the run's)."),
     arg: list[str] = typer.Option([], "--arg", "-a", help="Override a trainable argument: KEY=VALUE (repeat)."),
-    save: Optional[str] = typer.Option(None, "--save", help="Save the retrained model to this file."),
+    save: str | None = typer.Option(None, "--save", help="Save the retrained model to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     storage: str = _storage_option(),
 ) -> None:
@@ -172,7 +179,7 @@ def export(
     run_name: str = typer.Argument(..., metavar="RUN"),
     member: str = typer.Option("best", "--member", "-m", help="Member id, or 'best'."),
     out: str = typer.Option(..., "--out", "-o", help="Folder to create: checkpoint + member.json."),
-    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", "-c",
+    checkpoints: str | None = typer.Option(None, "--checkpoints", "-c",
                                               help="Checkpoint store URL (default: the run's)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     storage: str = _storage_option(),

@@ -119,7 +119,7 @@ class Curve:
 
     def at(self, step: int) -> float | None:
         """The value reported at ``step``, or None."""
-        for s, v in zip(self.steps, self.values):
+        for s, v in zip(self.steps, self.values, strict=True):
             if s == step:
                 return v
         return None
@@ -422,7 +422,7 @@ def ancestry_scores(data: RunData, member_id: int, step: int | None = None) -> C
         curve = curves.get(segment.member_id)
         if curve is None:
             continue
-        points += [(s + segment.offset, v) for s, v in zip(curve.steps, curve.values) if segment.start < s <= segment.end]
+        points += [(s + segment.offset, v) for s, v in zip(curve.steps, curve.values, strict=True) if segment.start < s <= segment.end]
     return Curve(member_id, tuple(s for s, _ in points), tuple(v for _, v in points))
 
 
@@ -450,9 +450,9 @@ def resolve_member(data: RunData, member: int | str) -> int:
     try:
         member_id = int(member)
     except (TypeError, ValueError):
-        raise InvalidConfigError("member", data.run, f"'best' or one of {ids}", member) from None
+        raise InvalidConfigError("member", f"run {data.run!r}", f"'best' or one of {ids}", member) from None
     if member_id not in ids:
-        raise InvalidConfigError("member", data.run, f"'best' or one of {ids}", member)
+        raise InvalidConfigError("member", f"run {data.run!r}", f"'best' or one of {ids}", member)
     return member_id
 
 

@@ -65,8 +65,8 @@ def member_summary(data: RunData, member_id: int) -> dict[str, Any]:
         "score": member.score,
         "hparams": dict(member.hparams),
         "schedule": schedule_records(member_schedule(data, member_id)),
-        "scores": [{"step": s, "score": v} for s, v in zip(own.steps, own.values)] if own else [],
-        "model_scores": [{"age": s, "score": v} for s, v in zip(along.steps, along.values)],
+        "scores": [{"step": s, "score": v} for s, v in zip(own.steps, own.values, strict=True)] if own else [],
+        "model_scores": [{"age": s, "score": v} for s, v in zip(along.steps, along.values, strict=True)],
         "lineage": [
             {"step": e.step, "kind": e.kind, "donor": e.donor_id, "donor_step": e.donor_step, "summary": e.summary}
             for e in data.events if e.member_id == member_id and e.kind in ("exploit", "explore", "resume", "fail")
@@ -116,6 +116,7 @@ def export_member(
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}-", dir=parent)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
     try:
         if os.path.isdir(source):
             name = "checkpoint"
@@ -136,6 +137,12 @@ def export_member(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportResult(out, os.path.join(out, name), os.path.join(out, MANIFEST), member_id)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _move_into_place(staging: str, out: str) -> None:

@@ -90,6 +90,7 @@ class LiveDisplay:
         self._last_log = -float("inf")
         self._state: tuple[RunConfig, tuple[MemberRecord, ...], tuple[EventRecord, ...]] | None = None
         self._source: tuple[PopulationStore, RunConfig] | None = None
+        self._last_line = ""
 
     # -- rendering (pure given the records) --------------------------------------------------
     def table(self, config: RunConfig, members: Sequence[MemberRecord], events: Sequence[EventRecord]) -> Any:
@@ -169,7 +170,7 @@ class LiveDisplay:
         if self.quiet:
             if now - self._last_log >= self.log_every:
                 self._last_log = now
-                self.console.print(progress_line(config, members, events), highlight=False, markup=False)
+                self._log(progress_line(config, members, events))
             return
         view = self.renderable(config, members, events)
         if self._live is None:
@@ -181,7 +182,7 @@ class LiveDisplay:
                 live.start()
             except LiveError:  # another live display (e.g. run(progress=True)) owns the terminal
                 self.quiet = True
-                self.console.print(progress_line(config, members, events), highlight=False, markup=False)
+                self._log(progress_line(config, members, events))
                 return
             self._live = live
         self._live.update(view, refresh=True)
@@ -197,4 +198,9 @@ class LiveDisplay:
             self._live.stop()
             self._live = None
         elif self.quiet and self._state is not None:
-            self.console.print(progress_line(*self._state), highlight=False, markup=False)
+            self._log(progress_line(*self._state))
+
+    def _log(self, line: str) -> None:
+        if line != self._last_line:  # the same line twice says nothing
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+            self._last_line = line

@@ -133,7 +133,7 @@ def hparams_figure(data: RunData) -> Figure:
     names = list(per_name) or ["(none)"]
     fig = _figure(9, 2.6 * len(names) + 0.6)
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         for member_id, curve in per_name.get(name, {}).items():
             (line,) = ax.plot(
                 curve.steps, curve.values, drawstyle="steps-post", color=colors.get(member_id),
@@ -177,7 +177,7 @@ def lineage_figure(data: RunData, member_id: int | None = None) -> Figure:
                 solid_capstyle="butt", zorder=3,
             )
             line.set_gid(f"ancestry/{segment.member_id}/{segment.start}")
-        for prev, nxt in zip(chain, chain[1:]):
+        for prev, nxt in zip(chain, chain[1:], strict=False):
             arrow = ax.annotate(
                 "", xy=(nxt.start, nxt.member_id), xytext=(prev.end, prev.member_id),
                 arrowprops={"arrowstyle": "-|>", "color": _BEST, "lw": 2.0, "shrinkA": 0, "shrinkB": 0},
@@ -217,7 +217,7 @@ def schedule_figure(data: RunData, member_id: int | None = None) -> Figure:
     axes[0].set_title(f"{data.run}: schedule of member {target} over its model's age")
     entries = member_schedule(data, target)
     age = curve.steps[-1] if curve.steps else (entries[-1].step if entries else 0)
-    for ax, name in zip(axes[1:], names):
+    for ax, name in zip(axes[1:], names, strict=True):
         domain = space[name] if space is not None else None
         xs = [e.step for e in entries] + [max(age, entries[-1].step if entries else 0)]
         values = [e.hparams.get(name) for e in entries]
