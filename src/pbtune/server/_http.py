@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,11 @@ class RetryingTransport:
             try:
                 return attempt()
             except httpx.TransportError as exc:
+                if _tls_failure(exc):  # a certificate problem does not heal by waiting
+                    raise ServerUnavailableError(
+                        f"TLS with the pbtune server at {self.client.base_url} failed: {exc} (for a self-signed"
+                        " certificate pass verify='path/to/cert.pem'; for an http server use an http:// URL)"
+                    ) from exc
                 last = f"{type(exc).__name__}: {exc}"
             except _Answer as answer:
                 response = answer.response
@@ -102,6 +108,17 @@ class RetryingTransport:
                 )
             self._sleep(min(self._rng.uniform(0, delay), remaining))
             delay = min(delay * 2, self._max_delay)
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _Answer(Exception):

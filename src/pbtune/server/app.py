@@ -112,6 +112,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "bad_json", "the request body is not valid JSON")
+        if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), (bytes, str)) for e in errors):
+            return _error(400, "bad_json", "the request body is not a JSON object (send Content-Type: application/json)")
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         detail = f"`{where}` of `request` must be valid: {first.get('msg', 'invalid')}"
