@@ -105,7 +105,8 @@ def run_baseline(config: pbtune.RunConfig, hparams: Mapping[str, Any], seed: int
 def summarize(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean, standard deviation (n-1), min and max of every numeric figure over seeds."""
     out: dict[str, Any] = {"seeds": len(cells)}
-    keys = [k for k, v in cells[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    keys = [k for k, v in cells[0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"]
     for key in keys:
         values = [float(c[key]) for c in cells]
         out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
