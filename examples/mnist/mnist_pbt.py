@@ -263,6 +263,7 @@ class MNISTTrainable(pbtune.Trainable):
         state = load_state(path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.set_hparams(self.hparams)  # the optimizer state carries the saver's lr etc.; ours win
 
 
 # --- train / test / plot modes ------------------------------------------------------------------

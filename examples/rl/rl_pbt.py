@@ -170,6 +170,7 @@ class A2C(pbtune.Trainable):
         state = torch.load(path, weights_only=True)  # tensors and plain values only
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.set_hparams(self.hparams)  # the optimizer state carries the saver's lr; ours wins
         # The donor's recent returns describe the weights just loaded; episodes in flight restart.
         self.returns.clear()
         self.returns.extend(float(r) for r in state["returns"])
