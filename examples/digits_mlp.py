@@ -68,7 +68,7 @@ class DigitsMLP(pbtune.Trainable):
             loss = self.loss_fn(self.model(self.x[index]), self.y[index])
             loss.backward()
             self.optimizer.step()
-        return {"score": self.accuracy(), "loss": float(loss)}
+        return {"score": self.accuracy(), "loss": float(loss.detach())}
 
     @torch.no_grad()
     def accuracy(self) -> float:

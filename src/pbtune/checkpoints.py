@@ -2,7 +2,9 @@
 
 A checkpoint is a file or a folder the user's code wrote. It is stored under a fresh key
 (never overwritten), written under a temporary name and renamed into place, and its SHA-256 is
-recorded in the population store. The database row is the commit point: a half-written
+recorded in the population store. Rename makes writes atomic against crashed processes; like
+SQLite's WAL mode with ``synchronous=NORMAL``, we do not fsync each file (a power cut may lose
+the newest checkpoints, which the checksum then reports instead of loading them). The database row is the commit point: a half-written
 object is never referenced, and a checkpoint whose bytes no longer match its checksum raises
 :class:`~pbtune.errors.CorruptCheckpointError` instead of being loaded.
 
@@ -82,7 +84,6 @@ class CheckpointStore:
                     shutil.copytree(local_path, temp)
                 else:
                     shutil.copyfile(local_path, temp)
-                    _fsync(temp)
                 os.replace(temp, final)
             else:
                 # Object stores cannot rename (s3fs's mv of a folder fails on its pseudo-dirs). The
@@ -139,11 +140,6 @@ class CheckpointStore:
                 self.fs.rm(path, recursive=True)
         except OSError:
             pass
-
-
-def _fsync(path: str) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def _local_digest(path: str) -> tuple[str, int]:

@@ -89,13 +89,15 @@ class Member:
         member_id: int,
         *,
         worker: str | None = None,
+        record: MemberRecord | None = None,
     ) -> None:
         self._store = store
         self._checkpoints = checkpoints
         self._config = config
         self.member_id = member_id
         self._worker = worker
-        self._record = store.get_member(config.name, member_id)
+        fresh = record is not None and record.run == config.name and record.member_id == member_id
+        self._record = record if fresh and record is not None else store.get_member(config.name, member_id)
         self._pending: tuple[Exploit, MemberRecord] | None = None
         self._loaded_path: str | None = None
 
@@ -165,12 +167,14 @@ class Member:
         A ready check that decides to continue restarts the ready interval.
         """
         self._pending = None
-        me = self.refresh()
-        if not self._config.ready.is_ready(me):
+        if not self._config.ready.is_ready(self._record):  # our own record is current: we wrote it
             return False
-        population = [m for m in self._store.list_members(self.run) if m.state is not MemberState.FAILED]
-        if not any(m.member_id == self.member_id for m in population):
+        snapshot = self._store.list_members(self.run)
+        me = next(m for m in snapshot if m.member_id == self.member_id)
+        self._record = me
+        if not self._config.ready.is_ready(me) or me.state.is_final:
             return False
+        population = [m for m in snapshot if m.state is not MemberState.FAILED]
         rng = decision_rng(self._config.seed, self.member_id, me.step, "exploit")
         decision = self._config.exploit_strategy.decide(population, self.member_id, rng, mode=self._config.mode)
         if isinstance(decision, Exploit):

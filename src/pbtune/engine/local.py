@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -80,7 +82,11 @@ def worker_main(config_dict: Mapping[str, Any], trainable: type[Trainable] | str
         pass
     config = RunConfig.from_dict(config_dict)
     cls = load_trainable(trainable) if isinstance(trainable, str) else trainable
-    Worker(config, cls, worker_id=worker_id).run()
+    stats = Worker(config, cls, worker_id=worker_id).run()
+    stats_dir = os.environ.get("PBTUNE_WORKER_STATS_DIR")  # diagnostics hook used by benchmarks/
+    if stats_dir:
+        with open(os.path.join(stats_dir, f"{worker_id}.json"), "w") as handle:
+            json.dump(dataclasses.asdict(stats), handle)
 
 
 def run(

@@ -18,7 +18,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pbtune.checkpoints import CheckpointStore
@@ -28,6 +28,7 @@ from pbtune.errors import InvalidConfigError, LeaseLostError, PBTuneError
 from pbtune.member import Member
 from pbtune.store import open_store
 from pbtune.store.base import PopulationStore, ScorePoint
+from pbtune.types import MemberRecord
 
 __all__ = ["load_trainable", "Worker", "WorkerStats"]
 
@@ -67,6 +68,8 @@ class WorkerStats:
     segments: int = 0
     steps: int = 0
     failures: int = 0
+    # seconds spent in report (+ checkpoint) and should_exploit at each checkpoint: PBT's overhead
+    decision_seconds: list[float] = field(default_factory=list)
 
 
 class _Heartbeat(threading.Thread):
@@ -140,7 +143,7 @@ class Worker:
                         return self.stats
                     time.sleep(self._poll)
                     continue
-                self._train_segment(record.member_id)
+                self._train_segment(record)
         finally:
             heartbeat.stop()
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -149,8 +152,9 @@ class Worker:
         return all(m.state.is_final for m in self.store.list_members(self.config.name))
 
     # -- one member, from its claim to its release ---------------------------------------------
-    def _train_segment(self, member_id: int) -> None:
-        member = Member(self.store, self.checkpoints, self.config, member_id, worker=self.worker_id)
+    def _train_segment(self, record: MemberRecord) -> None:
+        member = Member(self.store, self.checkpoints, self.config, record.member_id, worker=self.worker_id,
+                        record=record)
         self.stats.segments += 1
         try:
             trainable = self._restore(member)
@@ -194,6 +198,7 @@ class Worker:
             if at_checkpoint:
                 checkpoint = os.path.join(self._scratch, f"m{member.member_id}-s{step}.ckpt")
                 trainable.save(checkpoint)
+            started = time.perf_counter()
             try:
                 member.report(step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending)
             finally:
@@ -202,7 +207,9 @@ class Worker:
             pending, last_flush = [], time.monotonic()
             if checkpoint is None or step >= config.budget:
                 continue
-            if member.should_exploit() and member.exploit() is not None:
+            exploit = member.should_exploit()
+            self.stats.decision_seconds.append(time.perf_counter() - started)
+            if exploit and member.exploit() is not None:
                 trainable = self._adopt(member, trainable)
             if self.time_share:
                 self._cached = (member.member_id, member.record.checkpoint, trainable)

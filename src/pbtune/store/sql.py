@@ -9,6 +9,7 @@ spans machines; there, rows are locked with ``SELECT ... FOR UPDATE``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -78,6 +79,30 @@ def _score_out(value: float | None, reported: bool) -> float | None:
     if value is None:
         return math.nan if reported else None
     return float(value)
+
+
+# Hot statements are built once: constructing SQLAlchemy expressions costs more than SQLite.
+_SELECT_MEMBER = sa.select(s.members).where(
+    s.members.c.run == sa.bindparam("run"), s.members.c.member_id == sa.bindparam("member_id")
+)
+_SELECT_MEMBER_FOR_UPDATE = _SELECT_MEMBER.with_for_update()
+_UPDATE_MEMBER = sa.update(s.members).where(
+    s.members.c.run == sa.bindparam("match_run"),
+    s.members.c.member_id == sa.bindparam("match_member_id"),
+    s.members.c.version == sa.bindparam("match_version"),
+)
+
+
+def _updated_record(current: MemberRecord, values: Mapping[str, Any]) -> MemberRecord:
+    """The record after an UPDATE of ``values``, without reading it back."""
+    changes = {k: v for k, v in values.items() if k in MemberRecord.__dataclass_fields__}
+    if "state" in changes:
+        changes["state"] = MemberState(changes["state"])
+    if "score" in changes:
+        changes["score"] = _score_out(changes["score"], True)
+    if "hparams" in changes:
+        changes["hparams"] = dict(changes["hparams"])
+    return dataclasses.replace(current, **changes)
 
 
 class SQLStore(PopulationStore):
@@ -230,10 +255,8 @@ class SQLStore(PopulationStore):
         )
 
     def _load_member(self, conn: Connection, run: str, member_id: int, *, lock: bool = False) -> MemberRecord:
-        query = sa.select(s.members).where(s.members.c.run == run, s.members.c.member_id == member_id)
-        if lock and self._for_update:
-            query = query.with_for_update()
-        row = conn.execute(query).first()
+        query = _SELECT_MEMBER_FOR_UPDATE if lock and self._for_update else _SELECT_MEMBER
+        row = conn.execute(query, {"run": run, "member_id": member_id}).first()
         if row is None:
             raise NotFoundError(f"run {run!r} has no member {member_id}")
         return self._member_from_row(row)
@@ -243,17 +266,12 @@ class SQLStore(PopulationStore):
         values["version"] = current.version + 1
         values["updated"] = self._clock()
         result = conn.execute(
-            sa.update(s.members)
-            .where(
-                s.members.c.run == current.run,
-                s.members.c.member_id == current.member_id,
-                s.members.c.version == current.version,
-            )
-            .values(**values)
+            _UPDATE_MEMBER.values(**values),
+            {"match_run": current.run, "match_member_id": current.member_id, "match_version": current.version},
         )
         if result.rowcount != 1:
             raise StoreError(f"member {current.member_id} of run {current.run!r} changed under a lock")
-        return self._load_member(conn, current.run, current.member_id)
+        return _updated_record(current, values)
 
     def _append_event(self, conn: Connection, member: MemberRecord, kind: str, **values: Any) -> None:
         conn.execute(

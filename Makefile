@@ -1,0 +1,37 @@
+# Set-up and checks. Every target creates .venv and installs what it needs on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# `test` installs every extra its tests exercise; optional ones skip with a reason when absent.
+TEST_EXTRAS ?= dev,torch,server,report,postgres,s3,examples
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(VENV)/.installed-$(TEST_EXTRAS): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(TEST_EXTRAS)]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(VENV)/.installed-$(TEST_EXTRAS)
+
+demo: install
+	$(VENV)/bin/pbtune demo
+
+test: install
+	$(PY) -m pytest -q
+
+# Long end-to-end and fault tests (CI runs them after `make test`); exit 5 = none collected.
+test-slow: install
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
+
+lint: install
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/mypy src
+
+bench: install
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) pbtune-runs .pytest_cache

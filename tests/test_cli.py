@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pbtune.cli import app
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, **extra: object) -> Path:
+    data = {
+        "name": "cli", "trainable": "pbtune.testing.trainables:Quadratic", "population": 4, "workers": 2,
+        "budget": 10, "ready": {"interval": 5},
+        "space": {"lr": {"type": "float", "low": 0.001, "high": 0.3, "log": True}},
+        "storage": f"sqlite:///{tmp_path}/cli.db", "checkpoints": str(tmp_path / "ck"), **extra,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_run_status_best_lineage(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/cli.db"
+    result = runner.invoke(app, ["run", str(_config(tmp_path)), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "best member" in result.output and "cli.db" in result.output
+
+    status = runner.invoke(app, ["status", "cli", "--storage", storage, "--json"])
+    assert status.exit_code == 0, status.output
+    rows = json.loads(status.output)["members"]
+    assert len(rows) == 4 and all(r["state"] == "finished" and r["step"] == 10 for r in rows)
+
+    table = runner.invoke(app, ["status", "cli", "--storage", storage])
+    assert "finished" in table.output and "4/4 members done" in table.output
+
+    best = json.loads(runner.invoke(app, ["best", "cli", "--storage", storage]).output)
+    assert best["score"] == max(r["score"] for r in rows)
+    assert best["schedule"][0]["step"] == 0
+
+    lineage = runner.invoke(app, ["lineage", "cli", "best", "--storage", storage])
+    assert lineage.exit_code == 0 and "schedule of member" in lineage.output
+
+    assert runner.invoke(app, ["runs", "--storage", storage]).output.strip() == "cli"
+
+
+def test_bad_config_field_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(_config(tmp_path, population=1)), "--quiet"])
+    assert result.exit_code == 2
+    assert "`population` of `config` must be an integer >= 2; got 1" in " ".join(result.output.split())
+
+
+def test_unknown_run_and_member(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/empty.db"
+    result = runner.invoke(app, ["status", "nope", "--storage", storage])
+    assert result.exit_code == 2 and "no run named 'nope'" in result.output
+    bad = runner.invoke(app, ["lineage", "nope", "x", "--storage", storage])
+    assert bad.exit_code == 2

@@ -1,0 +1,46 @@
+"""The core examples: the paper's toy quadratic and the digits MLP."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+import pbtune
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_toy_quadratic_shows_the_papers_ordering() -> None:
+    toy = _load("toy_quadratic")
+    results = toy.compare(list(range(6)))
+    mean = {method: statistics.mean(values) for method, values in results.items()}
+    assert mean["pbt"] > mean["exploit_only"]
+    assert mean["pbt"] > mean["explore_only"]
+    assert min(mean["exploit_only"], mean["explore_only"]) > mean["grid"]
+    assert mean["pbt"] <= 1.2 + 1e-9  # Q cannot exceed its maximum
+
+
+def test_digits_mlp_improves_over_its_initial_population(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    config = pbtune.load_config(str(EXAMPLES / "digits_mlp.yaml"), storage=f"sqlite:///{tmp_path}/d.db",
+                                checkpoints=str(tmp_path / "ck"), budget=10)
+    result = pbtune.run(config=config, progress=False)
+    store = pbtune.open_store(config.storage)
+    first = [s.score for s in store.scores(config.name) if s.step == 1]
+    assert len(first) == config.population
+    assert result.best.score > max(first)
+    assert result.best.score > 0.5  # 10 classes: chance is 0.1
