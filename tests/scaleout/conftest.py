@@ -5,8 +5,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 
-from pbtune.scaleout.postgres import DEFAULT_ADMIN_URL, reachable, temporary_database
+from pbtune.scaleout.postgres import (
+    DEFAULT_ADMIN_URL,
+    reachable,
+    temporary_database,
+    terminate_backends,
+)
 
 ADMIN_URL = os.environ.get("PBTUNE_TEST_POSTGRES", DEFAULT_ADMIN_URL)
 
@@ -19,11 +25,25 @@ def pg_admin() -> str:
     return ADMIN_URL
 
 
-@pytest.fixture
-def pg_url(pg_admin: str) -> Iterator[str]:
-    """A fresh database per test, dropped afterwards."""
-    with temporary_database(pg_admin) as url:
+@pytest.fixture(scope="session")
+def _pg_database(pg_admin: str) -> Iterator[str]:
+    with temporary_database(pg_admin, prefix="pbtune_test") as url:
         yield url
+
+
+@pytest.fixture
+def pg_url(pg_admin: str, _pg_database: str) -> str:
+    """An empty database for each test (one database per session, emptied before each test:
+    creating a database per test costs ~0.5 s)."""
+    terminate_backends(pg_admin, sa.engine.make_url(_pg_database).database or "")  # leftovers hold locks
+    engine = sa.create_engine(_pg_database)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        engine.dispose()
+    return _pg_database
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +22,39 @@ class TestPostgresStore(StoreConformance):
 
     def make_store(self, clock: Callable[[], float]) -> PopulationStore:
         return SQLStore(self.url, clock=clock)
+
+
+_CREATE = """
+import sys, time
+from pbtune.config import RunConfig
+from pbtune.member import Population
+url, start_at = sys.argv[1], float(sys.argv[2])
+config = RunConfig(name="race", space={"lr": {"type": "float", "low": 0.01, "high": 0.1}}, population=8,
+                   storage=url, checkpoints=sys.argv[3])
+time.sleep(max(0.0, start_at - time.time()))  # all processes hit the empty database together
+Population(config)
+"""
+
+
+def test_concurrent_first_use_of_an_empty_database(pg_url: str, tmp_path: Path) -> None:
+    """Schema creation, create_run and add_member race across processes (every SLURM task
+    opens the Population at once); all must succeed with one run, one copy of each member."""
+    start_at = str(time.time() + 3.0)
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE, pg_url, start_at, str(tmp_path / "ck")],
+                              stderr=subprocess.PIPE) for _ in range(6)]
+    errors = [p.communicate(timeout=60)[1].decode()[-800:] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
+    store = SQLStore(pg_url)
+    assert [r.name for r in store.list_runs()] == ["race"]
+    assert [m.member_id for m in store.list_members("race")] == list(range(8))
+    assert sorted(e.member_id for e in store.events("race") if e.kind == "init") == list(range(8))
+    store.close()
+
+
+def test_plain_postgresql_url_uses_psycopg3(pg_url: str) -> None:
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    store = SQLStore(plain)
+    assert store._engine.dialect.driver == "psycopg"
+    store.create_run("plain", {})
+    assert store.get_run("plain").name == "plain"
+    store.close()
