@@ -1,0 +1,399 @@
+"""A population held as one stacked model: parameters, buffers, optimizer state, hyperparameters.
+
+Every member's trainable parameters are one row of a ``[population, D]`` tensor, so the
+optimizer updates all members with a handful of kernels and an exploit is a row copy.
+Buffers (batch-norm statistics) and frozen parameters are stacked per name.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from pbtune.vectorized.optim import SGD
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> pop = StackedPopulation([nn.Linear(3, 2) for _ in range(4)], SGD(lr=0.1))
+    >>> pop.copy_members([3], [0])                       # member 0 takes member 3's state
+    >>> torch.equal(pop.member_state_dict(0)["weight"], pop.member_state_dict(3)["weight"])
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pbtune.errors import CheckpointError, InvalidConfigError
+from pbtune.vectorized._functional import LossFn, make_forward_fn, make_grad_fn, make_template
+from pbtune.vectorized.optim import OptimizerSpec
+
+__all__ = ["StackedPopulation", "atomic_save", "load_checkpoint", "CHECKPOINT_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "pbtune.vectorized/1"
+
+
+class StackedPopulation:
+    """The whole population as tensors with a leading member dimension.
+
+    Args:
+        modules: one freshly built model per member, all of the same architecture (their
+            initial weights become the members' weights).
+        optimizer: an optimizer spec (:class:`~pbtune.vectorized.optim.SGD`, ``Adam``, ``AdamW``).
+        device: where the tensors live (default: the modules' device).
+        tensor_hparams: names of non-optimizer hyperparameters kept as ``[population]``
+            tensors (``dropout``, ``label_smoothing``, anything a loss reads via ``hparams=``).
+            ``dropout`` switches every ``nn.Dropout`` to a per-member probability.
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        optimizer: OptimizerSpec,
+        *,
+        device: Any = None,
+        tensor_hparams: Sequence[str] = (),
+    ) -> None:
+        if len(modules) < 1:
+            raise InvalidConfigError(
+                "modules", "StackedPopulation", "at least one module", len(modules)
+            )
+        first = modules[0]
+        self.size = len(modules)
+        self.device = torch.device(device) if device is not None else _module_device(first)
+        self.template, self.dropout_modules = make_template(
+            first, member_dropout="dropout" in tensor_hparams
+        )
+
+        trainable = [(n, p) for n, p in first.named_parameters() if p.requires_grad]
+        frozen = [(n, p) for n, p in first.named_parameters() if not p.requires_grad]
+        if not trainable:
+            raise InvalidConfigError(
+                "model", "vectorized", "a module with trainable parameters", type(first).__name__
+            )
+        dtypes = {p.dtype for _, p in trainable}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            raise InvalidConfigError(
+                "model",
+                "vectorized",
+                "trainable parameters of one floating dtype",
+                sorted(str(d) for d in dtypes),
+            )
+        self.dtype = next(iter(dtypes))
+        self.param_names = [n for n, _ in trainable]
+        self.param_shapes = [p.shape for _, p in trainable]
+        sizes = [p.numel() for _, p in trainable]
+        self.param_offsets = [0]
+        for size in sizes:
+            self.param_offsets.append(self.param_offsets[-1] + size)
+        self.dim = self.param_offsets[-1]
+        self._state_keys = _state_key_map(first)
+
+        with torch.no_grad():
+            rows = []
+            for index, module in enumerate(modules):
+                named = dict(module.named_parameters())
+                _check_same_architecture(index, named, first)
+                rows.append(
+                    torch.cat(
+                        [
+                            named[n].detach().reshape(-1).to(self.device, self.dtype)
+                            for n in self.param_names
+                        ]
+                    )
+                )
+            self.params = torch.stack(rows).contiguous()
+            const_names = [n for n, _ in frozen] + [n for n, _ in first.named_buffers()]
+            self.constants: dict[str, torch.Tensor] = {}
+            for name in const_names:
+                values = [_get_tensor(m, name) for m in modules]
+                self.constants[name] = torch.stack(
+                    [v.detach().to(self.device) for v in values]
+                ).contiguous()
+        self._grad_scratch: torch.Tensor | None = None
+
+        self.optimizer = optimizer.create(self.size, self.dim, device=self.device, dtype=self.dtype)
+        self.tensor_hparam_names = tuple(tensor_hparams)
+        self.hp_tensors: dict[str, torch.Tensor] = {
+            name: torch.zeros(self.size, device=self.device, dtype=self.dtype)
+            for name in self.tensor_hparam_names
+        }
+        self.hparams: list[dict[str, Any]] = [{} for _ in range(self.size)]
+        self._param_views = self._split(self.params)
+        self._grad_fn: Callable[..., Any] | None = None
+        self._forward_fn = make_forward_fn(self.template)
+        self._training: bool | None = None
+
+    # -- views ----------------------------------------------------------------------------------
+    def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter views ``[rows, *shape]`` of a ``[rows, D]`` tensor (no copies)."""
+        rows = flat.shape[0]
+        return {
+            name: flat[:, self.param_offsets[i] : self.param_offsets[i + 1]].view(rows, *shape)
+            for i, (name, shape) in enumerate(zip(self.param_names, self.param_shapes))
+        }
+
+    def _constants(self, rows: slice) -> dict[str, torch.Tensor]:
+        out = {name: tensor[rows] for name, tensor in self.constants.items()}
+        if self.dropout_modules:
+            rate = self.hp_tensors["dropout"][rows]
+            for name in self.dropout_modules:
+                out[f"{name}.rate"] = rate
+        return out
+
+    def _hparam_views(self, rows: slice) -> dict[str, torch.Tensor]:
+        return {name: tensor[rows] for name, tensor in self.hp_tensors.items()}
+
+    # -- hyperparameters ------------------------------------------------------------------------
+    def set_hparams(self, index: int, hparams: Mapping[str, Any]) -> None:
+        """Give member ``index`` these hyperparameters (optimizer and tensor ones)."""
+        self.optimizer.set_member(index, hparams)
+        for name in self.tensor_hparam_names:
+            value = hparams[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidConfigError(name, f"hparams of member {index}", "a number", value)
+            if name == "dropout" and not 0.0 <= value < 1.0:
+                raise InvalidConfigError(name, f"hparams of member {index}", "in [0, 1)", value)
+            self.hp_tensors[name][index] = float(value)
+        self.hparams[index] = dict(hparams)
+
+    # -- training -------------------------------------------------------------------------------
+    def set_loss(self, loss: LossFn, takes_hparams: bool) -> None:
+        self._grad_fn = make_grad_fn(self.template, loss, takes_hparams)
+
+    def train_step(self, inputs: Any, targets: Any, rows: slice) -> torch.Tensor:
+        """One minibatch update of the members in ``rows``; ``inputs``/``targets`` are ``[c, B, ...]``.
+
+        Returns the members' losses (``[c]``, before the update).
+        """
+        if self._grad_fn is None:
+            raise RuntimeError("call set_loss() before train_step()")
+        count = rows.stop - rows.start
+        self._mode(True)
+        grads, losses = self._grad_fn(
+            {n: v[rows] for n, v in self._param_views.items()},
+            self._constants(rows),
+            self._hparam_views(rows),
+            inputs,
+            targets,
+        )
+        if self._grad_scratch is None or self._grad_scratch.shape[0] < count:
+            self._grad_scratch = torch.empty(count, self.dim, device=self.device, dtype=self.dtype)
+        scratch = self._grad_scratch[:count]
+        for name, view in self._split(scratch).items():
+            view.copy_(grads[name])
+        self.optimizer.step(self.params[rows], scratch, rows)
+        return losses.detach()
+
+    @torch.no_grad()
+    def forward(self, inputs: Any, rows: slice, *, train: bool = False) -> Any:
+        """Outputs of the members in ``rows`` for ``inputs`` shared by all of them (eval mode by default)."""
+        self._mode(train)
+        return self._forward_fn(
+            {n: v[rows] for n, v in self._param_views.items()}, self._constants(rows), inputs
+        )
+
+    def _mode(self, train: bool) -> None:
+        if self._training is not train:  # train()/eval() walk every submodule: only on a change
+            self.template.train(train)
+            self._training = train
+
+    # -- population operations ------------------------------------------------------------------
+    @torch.no_grad()
+    def copy_members(self, donors: Sequence[int], receivers: Sequence[int]) -> None:
+        """Each receiver takes its donor's parameters, buffers, optimizer state and hyperparameters.
+
+        All copies read the state from before the call (a member may give and receive at once).
+        """
+        if len(donors) != len(receivers):
+            raise ValueError("donors and receivers must have the same length")
+        if not donors:
+            return
+        src = torch.tensor(list(donors), device=self.device)
+        dst = torch.tensor(list(receivers), device=self.device)
+        self.params[dst] = self.params[src]
+        for tensor in self.constants.values():
+            tensor[dst] = tensor[src]
+        for tensor in self.hp_tensors.values():
+            tensor[dst] = tensor[src]
+        self.optimizer.copy_members(src, dst)
+        old = [dict(self.hparams[d]) for d in donors]
+        for receiver, hparams in zip(receivers, old):
+            self.optimizer.set_member(receiver, hparams)
+            self.hparams[receiver] = hparams
+
+    def member_state_dict(self, index: int) -> OrderedDict[str, torch.Tensor]:
+        """Member ``index`` as a plain ``state_dict`` that loads into a fresh model (same keys).
+
+        Example::
+
+            model = model_fn()
+            model.load_state_dict(population.member_state_dict(best_id))
+        """
+        if not 0 <= index < self.size:
+            raise IndexError(f"member index must be in [0, {self.size}); got {index}")
+        views = self._param_views
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for key, (kind, name) in self._state_keys.items():
+            source = views[name] if kind == "param" else self.constants[name]
+            out[key] = source[index].detach().clone()
+        return out
+
+    def member_optimizer_state(self, index: int) -> dict[str, Any]:
+        """Member ``index``'s optimizer state for ``torch.optim`` (parameters in ``named_parameters`` order)."""
+        return self.optimizer.member_torch_state(index, list(self.param_shapes))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit: tensors (on CPU) and plain values."""
+        return {
+            "size": self.size,
+            "param_names": list(self.param_names),
+            "param_shapes": [list(s) for s in self.param_shapes],
+            "params": self.params.detach().cpu().clone(),
+            "constants": {n: t.detach().cpu().clone() for n, t in self.constants.items()},
+            "hp_tensors": {n: t.detach().cpu().clone() for n, t in self.hp_tensors.items()},
+            "hparams": [dict(h) for h in self.hparams],
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        where = "population checkpoint"
+        if state.get("size") != self.size:
+            raise InvalidConfigError(
+                "population", where, f"{self.size} members (this run's size)", state.get("size")
+            )
+        if list(state.get("param_names", [])) != self.param_names or [
+            list(s) for s in self.param_shapes
+        ] != [list(s) for s in state.get("param_shapes", [])]:
+            raise InvalidConfigError(
+                "model",
+                where,
+                "the same parameters as model_fn() builds",
+                list(state.get("param_names", []))[:5],
+            )
+        if set(state["constants"]) != set(self.constants) or set(state["hp_tensors"]) != set(
+            self.hp_tensors
+        ):
+            raise InvalidConfigError(
+                "buffers",
+                where,
+                f"{sorted(self.constants) + sorted(self.hp_tensors)}",
+                sorted(state["constants"]) + sorted(state["hp_tensors"]),
+            )
+        self.params.copy_(state["params"])
+        for name, tensor in state["constants"].items():
+            self.constants[name].copy_(tensor)
+        for name, tensor in state["hp_tensors"].items():
+            self.hp_tensors[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.hparams = [dict(h) for h in state["hparams"]]
+
+    # -- memory ---------------------------------------------------------------------------------
+    def state_bytes_per_member(self) -> int:
+        """Bytes one member's parameters, gradient scratch, optimizer state and buffers take."""
+        item = self.params.element_size()
+        moments = sum(t.numel() for t in self.optimizer.state.values()) // self.size
+        const = sum(t.numel() * t.element_size() for t in self.constants.values()) // self.size
+        return self.dim * item * 2 + moments * item + const
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _get_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    owner, _, attr = name.rpartition(".")
+    sub = module.get_submodule(owner) if owner else module
+    value = getattr(sub, attr)
+    if not isinstance(value, torch.Tensor):
+        raise InvalidConfigError(name, "model", "a tensor in every member", type(value).__name__)
+    return value
+
+
+def _state_key_map(module: nn.Module) -> OrderedDict[str, tuple[str, str]]:
+    """state_dict key -> ("param" | "const", canonical name); tied weights map to one tensor."""
+    by_id: dict[int, tuple[str, str]] = {}
+    for name, p in module.named_parameters():
+        by_id.setdefault(id(p), ("param" if p.requires_grad else "const", name))
+    for name, b in module.named_buffers():
+        by_id.setdefault(id(b), ("const", name))
+    out: OrderedDict[str, tuple[str, str]] = OrderedDict()
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) not in by_id:
+            raise InvalidConfigError(
+                key, "model state_dict", "a parameter or buffer of the module", key
+            )
+        out[key] = by_id[id(tensor)]
+    return out
+
+
+def _check_same_architecture(
+    index: int, named: Mapping[str, torch.Tensor], first: nn.Module
+) -> None:
+    reference = dict(first.named_parameters())
+    if list(named) != list(reference) or any(named[n].shape != reference[n].shape for n in named):
+        raise InvalidConfigError(
+            "model_fn",
+            "vectorized",
+            "a factory that builds the same architecture for every "
+            "member (hyperparameters that change shapes are not vectorizable)",
+            f"member {index} differs",
+        )
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".pbtune-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a population checkpoint with ``weights_only=True`` (tensors and plain values only)."""
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # unpickling errors, truncated files
+        raise CheckpointError(f"cannot read population checkpoint {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pbtune population checkpoint ({CHECKPOINT_FORMAT})")
+    return data
+
+
+def bytes_human(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} GiB"  # pragma: no cover

@@ -1,0 +1,263 @@
+"""The vectorized engine end to end: store records, lineage, decisions, resume, validation, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')"
+)
+import torch.nn.functional as F  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+from vectorized_helpers import CUDA, blobs, bn_mlp, dropout_mlp, mlp  # noqa: E402
+
+import pbtune.vectorized as pv  # noqa: E402
+from pbtune import Float, Tournament  # noqa: E402
+from pbtune.errors import InvalidConfigError, PBTuneError  # noqa: E402
+from pbtune.lineage import schedule  # noqa: E402
+from pbtune.store import open_store  # noqa: E402
+from pbtune.types import MemberState  # noqa: E402
+
+SPACE = {"lr": Float(0.001, 1.0, log=True), "momentum": Float(0.0, 0.95)}
+
+
+def _settings(tmp_path, name="vec", **overrides):
+    x, y = blobs(96)
+    xv, yv = blobs(60, seed=1)
+    settings = dict(
+        population=6,
+        data=(x, y),
+        eval_data=(xv, yv),
+        batch_size=16,
+        batches_per_step=2,
+        steps=6,
+        ready={"interval": 2},
+        exploit={"name": "truncation", "quantile": 0.34},
+        seed=3,
+        name=name,
+        storage=f"sqlite:///{tmp_path}/pbt.db",
+        checkpoints=str(tmp_path / "ck"),
+    )
+    settings.update(overrides)
+    return settings
+
+
+def test_run_records_members_scores_and_lineage_in_the_store(tmp_path):
+    result = pv.train(mlp, SPACE, **_settings(tmp_path))
+    store = open_store(f"sqlite:///{tmp_path}/pbt.db")
+    members = store.list_members("vec")
+    assert len(members) == 6 and all(
+        m.state is MemberState.FINISHED and m.step == 6 for m in members
+    )
+    scores = store.scores("vec")
+    assert len(scores) == 36
+    for m in range(6):
+        assert [s.step for s in scores if s.member_id == m] == [1, 2, 3, 4, 5, 6]
+        assert all("loss" in s.metrics for s in scores if s.member_id == m)
+    events = store.events("vec")
+    assert sum(e.kind == "init" for e in events) == 6
+    exploits = [e for e in events if e.kind == "exploit"]
+    explores = [e for e in events if e.kind == "explore"]
+    assert exploits and len(explores) == len(exploits)
+    by_key = {(s.member_id, s.step): s.score for s in scores}
+    for e in exploits:
+        assert e.step in (2, 4) and e.donor_step == e.step
+        assert (
+            by_key[(e.donor_id, e.step)] > by_key[(e.member_id, e.step)]
+        )  # copied a better member
+        follow = next(x for x in explores if x.member_id == e.member_id and x.step == e.step)
+        assert follow.old_hparams == e.new_hparams and " --(" in follow.summary
+    # the schedule replays through the donors and ends at each member's current hyperparameters
+    for m in members:
+        entries = schedule(events, m.member_id)
+        assert entries[-1].hparams == dict(m.hparams)
+    exploited = exploits[-1].member_id
+    assert any(entry.member_id != exploited for entry in schedule(events, exploited))
+    # the best member's final weights are in the checkpoint store and load into model_fn()
+    assert result.best.member_id == max(members, key=lambda m: (m.score, -m.member_id)).member_id
+    model = mlp()
+    model.load_state_dict(torch.load(result.checkpoint_path, weights_only=True))
+    for name, value in result.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value)
+
+
+def test_cli_status_best_and_lineage_work_on_a_vectorized_run(tmp_path):
+    from pbtune.cli import app
+
+    pv.train(mlp, SPACE, **_settings(tmp_path, name="clirun"))
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/pbt.db"
+    status = runner.invoke(app, ["status", "clirun", "--storage", url, "--json"])
+    assert status.exit_code == 0, status.output
+    assert '"state": "finished"' in status.output
+    best = runner.invoke(app, ["best", "clirun", "--storage", url])
+    assert best.exit_code == 0 and '"schedule"' in best.output
+    events = open_store(url).events("clirun")
+    member = next(e.member_id for e in events if e.kind == "exploit")
+    lineage = runner.invoke(app, ["lineage", "clirun", str(member), "--storage", url])
+    assert lineage.exit_code == 0 and "exploit" in lineage.output
+
+
+def _population_state(engine):
+    pop = engine.population
+    return (
+        pop.params.clone(),
+        {k: v.clone() for k, v in pop.constants.items()},
+        {k: v.clone() for k, v in pop.optimizer.state.items()},
+        [dict(h) for h in pop.hparams],
+    )
+
+
+def test_resume_from_the_population_checkpoint_continues_bit_for_bit(tmp_path):
+    space = {**SPACE, "dropout": Float(0.0, 0.5)}  # dropout: the random stream must resume too
+    common = dict(checkpoint_interval=2, steps=7)
+    reference = pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="ref", **common))
+    reference.run()
+    split = pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="split", **common))
+    split.run(until=3)  # "crash" after step 3: the population checkpoint holds step 3
+    assert all(m.step == 3 and not m.state.is_final for m in split.store.list_members("split"))
+    resumed = pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="split", **common))
+    resumed.run()
+    for ref, got in zip(_population_state(reference), _population_state(resumed)):
+        if isinstance(ref, torch.Tensor):
+            assert torch.equal(ref, got)
+        elif isinstance(ref, dict):
+            assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+        else:
+            assert ref == got
+    store = reference.store
+
+    def history(run):
+        scores = [(s.member_id, s.step, s.score) for s in store.scores(run)]
+        events = [
+            (e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)
+        ]
+        return sorted(scores), sorted(events, key=repr)
+
+    assert history("ref") == history("split")
+
+
+def test_a_trained_run_is_not_restarted_without_its_checkpoint(tmp_path):
+    settings = _settings(tmp_path, name="once", checkpoint=False, steps=2)
+    pv.train(mlp, SPACE, **settings)
+    with pytest.raises(PBTuneError, match="already has trained members"):
+        pv.train(mlp, SPACE, **settings)
+
+
+def test_tournament_and_chunking_run_and_match_the_unchunked_run(tmp_path):
+    kwargs = dict(exploit=Tournament(), steps=4)
+    whole = pv.VectorizedPBT(bn_mlp, SPACE, **_settings(tmp_path, name="whole", **kwargs))
+    whole.run()
+    chunked = pv.VectorizedPBT(
+        bn_mlp, SPACE, **_settings(tmp_path, name="chunked", chunk_size=4, **kwargs)
+    )
+    result = chunked.run()
+    assert result.chunk_plan.chunk_size == 4 and result.chunk_plan.chunks == 2
+    torch.testing.assert_close(
+        chunked.population.params, whole.population.params, rtol=1e-5, atol=1e-6
+    )
+    assert [dict(h) for h in chunked.population.hparams] == [
+        dict(h) for h in whole.population.hparams
+    ]
+
+
+def test_a_loss_with_hparams_gets_each_members_values(tmp_path):
+    seen = []
+
+    def tempered(outputs, targets, hparams):
+        seen.append(hparams["temperature"].shape)  # one member's 0-d tensor inside vmap
+        return F.cross_entropy(outputs / hparams["temperature"], targets)
+
+    space = {"lr": Float(0.01, 0.5, log=True), "temperature": Float(0.5, 4.0)}
+    result = pv.train(
+        mlp,
+        space,
+        loss=tempered,
+        metric="loss",
+        optimizer=pv.Adam(lr=0.01),
+        **_settings(tmp_path, name="temp", steps=2),
+    )
+    assert seen and all(shape == torch.Size([]) for shape in seen)
+    assert result.best.score is not None and "temperature" in result.best.hparams
+
+
+def test_adamw_with_label_smoothing_and_no_eval_data_scores_the_training_loss(tmp_path):
+    space = {
+        "lr": Float(1e-3, 1e-1, log=True),
+        "beta1": Float(0.5, 0.95),
+        "label_smoothing": Float(0.0, 0.2),
+    }
+    settings = _settings(
+        tmp_path, name="adamw", steps=2, eval_data=None, optimizer={"name": "adamw"}
+    )
+    pv.train(mlp, space, **settings)
+    store = open_store(settings["storage"])
+    cfg = store.get_run("adamw").config
+    assert cfg["mode"] == "min"
+    for s in store.scores("adamw"):
+        assert s.score == pytest.approx(s.metrics["loss"])
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        (
+            {"lr": Float(0.01, 0.1), "batch_size": {"type": "int", "low": 16, "high": 128}},
+            "`batch_size` of `space` must be absent: per-member batch size is not vectorizable",
+        ),
+        (
+            {"lr": Float(0.01, 0.1), "width": {"type": "int", "low": 8, "high": 64}},
+            "`width` of `space` must be a vectorizable hyperparameter",
+        ),
+        (
+            {"lr": Float(0.01, 0.1), "act": ["relu", "tanh"]},
+            "only numeric hyperparameters are vectorizable",
+        ),
+        (
+            {"lr": Float(0.01, 0.1), "dropout": Float(0.0, 1.0)},
+            "`dropout` of `space` must be a probability below 1",
+        ),
+        (
+            {"lr": Float(0.01, 0.1), "beta1": Float(0.5, 0.9)},
+            "`beta1` of `space` must be a vectorizable",
+        ),  # SGD
+    ],
+)
+def test_spaces_that_cannot_be_vectorized_are_rejected_with_the_field(tmp_path, space, message):
+    with pytest.raises(InvalidConfigError, match=message.replace("[", "\\[")):
+        pv.VectorizedPBT(mlp, space, **_settings(tmp_path))
+
+
+def test_other_settings_are_validated(tmp_path):
+    with pytest.raises(InvalidConfigError, match="`mode` of `vectorized.train`"):
+        pv.VectorizedPBT(mlp, SPACE, metric=lambda out, y: out.mean(), **_settings(tmp_path))
+    with pytest.raises(InvalidConfigError, match="`data` of `vectorized.train`"):
+        pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, data=[1, 2, 3]))
+    with pytest.raises(InvalidConfigError, match="`loss` of `vectorized.train`"):
+        pv.VectorizedPBT(
+            mlp, {**SPACE, "label_smoothing": Float(0.0, 0.1)}, loss="mse", **_settings(tmp_path)
+        )
+    with pytest.raises(
+        InvalidConfigError, match="`dropout` of `space` must be used by an nn.Dropout"
+    ):
+        pv.train(mlp, {**SPACE, "dropout": Float(0.0, 0.5)}, **_settings(tmp_path, name="nodrop"))
+    if not torch.cuda.is_available():
+        with pytest.raises(
+            InvalidConfigError, match="`device` of `vectorized.train` must be an available device"
+        ):
+            pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, device="cuda"))
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = "import sys, pbtune.vectorized, pbtune.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@CUDA
+def test_the_engine_trains_on_cuda(tmp_path):
+    result = pv.train(bn_mlp, SPACE, **_settings(tmp_path, name="cuda", device="cuda"))
+    assert result.engine.population.params.is_cuda
+    assert len(open_store(f"sqlite:///{tmp_path}/pbt.db").scores("cuda")) == 36
