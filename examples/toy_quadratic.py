@@ -48,7 +48,8 @@ def simulate(method: str, seed: int, workdir: str, *, steps: int = 40, interval:
     config = pbtune.RunConfig(
         name=f"toy-{method}-{seed}", population=2, budget=steps, seed=seed,
         space={"h0": pbtune.Float(0.0, h_max), "h1": pbtune.Float(0.0, h_max)},
-        ready={"interval": interval}, exploit={"name": "truncation", "quantile": 0.5, "copy_hparams": False}, explore=explore,
+        ready={"interval": interval}, explore=explore,
+        exploit={"name": "truncation", "quantile": 0.5, "copy_hparams": False},
         storage=f"sqlite:///{workdir}/toy.db", checkpoints=os.path.join(workdir, "checkpoints"),
     )
     population = pbtune.Population(config, initial=[{"h0": 1.0, "h1": 0.0}, {"h0": 0.0, "h1": 1.0}])

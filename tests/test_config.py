@@ -49,7 +49,9 @@ def test_unknown_key_in_a_file_is_named(tmp_path: Path) -> None:
 
 def test_yaml_config_with_relative_trainable(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("name: y\ntrainable: model.py:Net\nexploit: tournament\nspace:\n  lr: {type: float, low: 0.1, high: 1}\n")
+    path.write_text(
+        "name: y\ntrainable: model.py:Net\nexploit: tournament\nspace:\n  lr: {type: float, low: 0.1, high: 1}\n"
+    )
     config = load_config(str(path), workers=3)
     assert config.trainable == f"{tmp_path}/model.py:Net"
     assert config.workers == 3

@@ -24,7 +24,9 @@ from pbtune.strategies import (
 from pbtune.types import MemberRecord, MemberState
 
 
-def member(i: int, score: float | None, *, step: int = 10, checkpoint: bool = True, last_ready: int = 0) -> MemberRecord:
+def member(
+    i: int, score: float | None, *, step: int = 10, checkpoint: bool = True, last_ready: int = 0
+) -> MemberRecord:
     return MemberRecord("r", i, MemberState.RUNNING, step, {"lr": 0.1 * (i + 1)}, score=score,
                         checkpoint=f"ck{i}" if checkpoint else None, checkpoint_step=step, last_ready_step=last_ready)
 
@@ -97,7 +99,8 @@ def test_tournament_copies_only_a_better_opponent() -> None:
 
 
 def test_weights_only_exploit_is_flagged() -> None:
-    decision = Truncation(quantile=0.5, copy_hparams=False).decide(population([1.0, 2.0]), 0, random.Random(0), mode="max")
+    strategy = Truncation(quantile=0.5, copy_hparams=False)
+    decision = strategy.decide(population([1.0, 2.0]), 0, random.Random(0), mode="max")
     assert isinstance(decision, Exploit) and decision.copy_hparams is False
 
 

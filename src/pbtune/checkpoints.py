@@ -4,9 +4,10 @@ A checkpoint is a file or a folder the user's code wrote. It is stored under a f
 (never overwritten), written under a temporary name and renamed into place, and its SHA-256 is
 recorded in the population store. Rename makes writes atomic against crashed processes; like
 SQLite's WAL mode with ``synchronous=NORMAL``, we do not fsync each file (a power cut may lose
-the newest checkpoints, which the checksum then reports instead of loading them). The database row is the commit point: a half-written
-object is never referenced, and a checkpoint whose bytes no longer match its checksum raises
-:class:`~pbtune.errors.CorruptCheckpointError` instead of being loaded.
+the newest checkpoints, which the checksum then reports instead of loading them). The database
+row is the commit point: a half-written object is never referenced, and a checkpoint whose
+bytes no longer match its checksum raises :class:`~pbtune.errors.CorruptCheckpointError`
+instead of being loaded.
 
 Example:
     >>> import tempfile, pathlib

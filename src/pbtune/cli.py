@@ -6,14 +6,15 @@ import json
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
-from pbtune.engine.local import best_member, run as run_population
+from pbtune.engine.local import best_member
+from pbtune.engine.local import run as run_population
 from pbtune.errors import PBTuneError
 from pbtune.lineage import schedule
 from pbtune.store import open_store
@@ -43,10 +44,10 @@ def _fmt_score(score: float | None) -> str:
 @app.command()
 def run(
     config: str = typer.Argument(..., help="JSON or YAML run config."),
-    workers: Optional[int] = typer.Option(None, help="Override the number of worker processes."),
-    storage: Optional[str] = typer.Option(None, help="Override the population store URL."),
-    checkpoints: Optional[str] = typer.Option(None, help="Override the checkpoint folder/URL."),
-    name: Optional[str] = typer.Option(None, help="Override the run name."),
+    workers: int | None = typer.Option(None, help="Override the number of worker processes."),
+    storage: str | None = typer.Option(None, help="Override the population store URL."),
+    checkpoints: str | None = typer.Option(None, help="Override the checkpoint folder/URL."),
+    name: str | None = typer.Option(None, help="Override the run name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress display (for CI logs)."),
 ) -> None:
     """Run (or resume) the population described by CONFIG on local worker processes."""
@@ -59,7 +60,8 @@ def run(
     console.print(f"[bold green]done[/] run [bold]{cfg.name}[/]: best member {result.best.member_id} "
                   f"score {_fmt_score(result.best.score)} with {_fmt_hparams(result.best.hparams)}")
     console.print(f"  store:       {cfg.storage}")
-    console.print(f"  checkpoints: {os.path.abspath(cfg.checkpoints) if '://' not in cfg.checkpoints else cfg.checkpoints}")
+    where = cfg.checkpoints if "://" in cfg.checkpoints else os.path.abspath(cfg.checkpoints)
+    console.print(f"  checkpoints: {where}")
     console.print(f"  best checkpoint: {result.checkpoint_path}")
     console.print(f"  inspect: pbtune status {cfg.name} --storage {cfg.storage}")
 

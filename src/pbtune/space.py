@@ -14,13 +14,13 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from pbtune.errors import InvalidConfigError
 
 __all__ = ["Float", "Int", "Choice", "Domain", "Space", "Change"]
 
-Value = Union[float, int, str, bool, None]
+Value = float | int | str | bool | None
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class Choice:
         return {"type": "choice", "values": list(self.values)}
 
 
-Domain = Union[Float, Int, Choice]
+Domain = Float | Int | Choice
 
 _DOMAIN_TYPES = {"float": Float, "int": Int, "choice": Choice}
 

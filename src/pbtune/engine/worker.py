@@ -236,7 +236,9 @@ class Worker:
 def _score_of(metrics: Mapping[str, Any], metric: str) -> float:
     if not isinstance(metrics, Mapping) or metric not in metrics:
         keys = sorted(metrics) if isinstance(metrics, Mapping) else type(metrics).__name__
-        raise PBTuneError(f"Trainable.step() must return a mapping with the key {metric!r} (config `metric`); got {keys}")
+        raise PBTuneError(
+            f"Trainable.step() must return a mapping with the key {metric!r} (config `metric`); got {keys}"
+        )
     return float(metrics[metric])
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from pbtune.errors import InvalidConfigError
 from pbtune.strategies._decisions import Continue, Decision, Exploit
-from pbtune.strategies.explore import ExploreStrategy, Perturb, PerturbOrResample, Resample
 from pbtune.strategies.exploit import ExploitStrategy, Tournament, Truncation
+from pbtune.strategies.explore import ExploreStrategy, Perturb, PerturbOrResample, Resample
 from pbtune.strategies.ready import Ready
 
 __all__ = [
@@ -42,7 +43,7 @@ def _build(kind_table: Mapping[str, type], config: Any, field: str) -> Any:
     if name not in kind_table:
         raise InvalidConfigError("name", field, f"one of {sorted(kind_table)}", name)
     cls = kind_table[name]
-    allowed = set(cls.__dataclass_fields__)
+    allowed = {f.name for f in dataclasses.fields(cls)}
     for key in params:
         if key not in allowed:
             raise InvalidConfigError(key, f"{field} ({name})", f"one of {sorted(allowed)}", params[key])

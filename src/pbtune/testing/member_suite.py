@@ -56,7 +56,9 @@ class MemberConformance:
     def population(self, config: RunConfig) -> PopulationLike:
         return self.open_population(config)
 
-    def _train_all(self, population: PopulationLike, tmp_path: Path, scores: dict[int, float], step: int) -> dict[int, MemberProtocol]:
+    def _train_all(
+        self, population: PopulationLike, tmp_path: Path, scores: dict[int, float], step: int
+    ) -> dict[int, MemberProtocol]:
         members = {i: population.member(i) for i in scores}
         for i, m in members.items():
             m.report(step, scores[i], checkpoint=_write(tmp_path / f"w{i}-{step}.txt", f"weights of {i} at {step}"))
@@ -68,7 +70,9 @@ class MemberConformance:
         assert member.step == 0
         assert member.parameters_path() is None
 
-    def test_save_stores_a_checkpoint_that_parameters_path_returns(self, population: PopulationLike, tmp_path: Path) -> None:
+    def test_save_stores_a_checkpoint_that_parameters_path_returns(
+        self, population: PopulationLike, tmp_path: Path
+    ) -> None:
         member = population.member(1)
         member.save(_write(tmp_path / "a.txt", "first"), 0.5)
         member.save(_write(tmp_path / "b.txt", "second"), 0.7)
@@ -80,7 +84,9 @@ class MemberConformance:
         members = self._train_all(population, tmp_path, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}, step=1)
         assert members[0].should_exploit() is False  # interval is 2, only 1 step done
 
-    def test_worst_member_copies_weights_and_hparams_of_the_best(self, population: PopulationLike, tmp_path: Path) -> None:
+    def test_worst_member_copies_weights_and_hparams_of_the_best(
+        self, population: PopulationLike, tmp_path: Path
+    ) -> None:
         members = self._train_all(population, tmp_path, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}, step=2)
         worst, best = members[0], members[3]
         assert worst.should_exploit() is True
@@ -96,7 +102,9 @@ class MemberConformance:
         population.member(0)  # a fresh handle sees the explored hparams
         assert population.member(0).hparams == after
 
-    def test_best_member_does_not_exploit_and_waits_another_interval(self, population: PopulationLike, tmp_path: Path) -> None:
+    def test_best_member_does_not_exploit_and_waits_another_interval(
+        self, population: PopulationLike, tmp_path: Path
+    ) -> None:
         members = self._train_all(population, tmp_path, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}, step=2)
         assert members[3].should_exploit() is False
         members[3].report(3, 5.0)
@@ -125,7 +133,9 @@ class MemberConformance:
         with pytest.raises(MemberFinishedError):
             member.report(2, 0.2)
 
-    def test_checkpoints_are_collected_to_the_keep_bound(self, population: PopulationLike, tmp_path: Path, config: RunConfig) -> None:
+    def test_checkpoints_are_collected_to_the_keep_bound(
+        self, population: PopulationLike, tmp_path: Path, config: RunConfig
+    ) -> None:
         member = population.member(0)
         for step in range(1, 7):
             member.save(_write(tmp_path / f"e{step}.txt", f"v{step}"), float(step))

@@ -164,7 +164,9 @@ class StoreConformance:
             store.set_state(run, i, MemberState.PAUSED)
         assert store.claim(run, "w", 10, budget=10) is None
 
-    def test_expired_lease_is_taken_over_from_the_last_checkpoint(self, store: PopulationStore, run: str, clock: FakeClock) -> None:
+    def test_expired_lease_is_taken_over_from_the_last_checkpoint(
+        self, store: PopulationStore, run: str, clock: FakeClock
+    ) -> None:
         first = store.claim(run, "dead", 5, budget=10)
         assert first is not None
         store.report(run, first.member_id, 4, 1.0, checkpoint=_ref("r/m/4", 4), worker="dead")
