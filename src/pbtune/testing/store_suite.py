@@ -7,7 +7,7 @@ Subclass :class:`StoreConformance` and implement ``make_store(clock)``; every ba
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -44,7 +44,7 @@ class StoreConformance:
         return FakeClock()
 
     @pytest.fixture
-    def store(self, clock: FakeClock) -> PopulationStore:
+    def store(self, clock: FakeClock) -> Iterator[PopulationStore]:
         store = self.make_store(clock)
         yield store
         store.close()
