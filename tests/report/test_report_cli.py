@@ -91,7 +91,8 @@ def test_plot_report_and_tensorboard_commands_write_files(small_run: SmallRun, t
     storage = small_run.config.storage
     done = _invoke("plot", "toy", "--out", str(tmp_path / "plots"), "--format", "svg", "--storage", storage)
     assert done.exit_code == 0
-    assert sorted(os.listdir(tmp_path / "plots")) == [f"toy-{n}.svg" for n in ("hparams", "lineage", "schedule", "scores")]
+    names = ("hparams", "lineage", "schedule", "scores")
+    assert sorted(os.listdir(tmp_path / "plots")) == [f"toy-{n}.svg" for n in names]
     done = _invoke("report", "toy", "--out", str(tmp_path / "r.html"), "--storage", storage)
     assert done.exit_code == 0 and done.stdout.strip() == str(tmp_path / "r.html")
     assert os.path.getsize(tmp_path / "r.html") > 10_000

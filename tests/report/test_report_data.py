@@ -87,7 +87,8 @@ def test_hparam_curves_follow_the_lineage_events(small_run: SmallRun) -> None:
     assert list(curves) == ["lr", "batch", "act"]
     choices = ["relu", "tanh", "gelu"]
     for member in data.members:
-        changes = [e for e in data.events if e.member_id == member.member_id and e.kind in ("init", "exploit", "explore")]
+        kinds = ("init", "exploit", "explore")
+        changes = [e for e in data.events if e.member_id == member.member_id and e.kind in kinds]
         for name, curve_by_member in curves.items():
             curve = curve_by_member[member.member_id]
             points = dict(zip(curve.steps, curve.values, strict=True))

@@ -114,7 +114,8 @@ def test_lineage_figure_draws_every_exploit_and_the_best_members_ancestry(small_
     # any member's ancestry can be highlighted; one with a donor shows the copy as an arrow
     inherited = next(m.member_id for m in data.members if len(ancestry(data.events, m.member_id, m.step)) > 1)
     other = lineage_figure(data, inherited)
-    assert len(_artists(other, "ancestry-edge/")) == len(ancestry(data.events, inherited, data.member(inherited).step)) - 1
+    chain = ancestry(data.events, inherited, data.member(inherited).step)
+    assert len(_artists(other, "ancestry-edge/")) == len(chain) - 1
 
 
 def test_schedule_figure_draws_the_model_score_over_its_age(small_run: SmallRun) -> None:

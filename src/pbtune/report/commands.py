@@ -40,8 +40,7 @@ class ScheduleFormat(str, enum.Enum):
     csv = "csv"
 
 
-def _storage_option() -> Any:
-    return typer.Option(DEFAULT_STORAGE, "--storage", "-s", help="SQLAlchemy URL of the population store.")
+StorageOption = typer.Option(DEFAULT_STORAGE, "--storage", "-s", help="SQLAlchemy URL of the population store.")
 
 
 def _fail(message: str) -> None:
@@ -76,8 +75,8 @@ def _parse_args(pairs: list[str]) -> dict[str, Any] | None:
 def plot(
     run_name: str = typer.Argument(..., metavar="RUN"),
     out: str = typer.Option("pbtune-plots", "--out", "-o", help="Folder for the figures."),
-    fmt: FigureFormat = typer.Option(FigureFormat.png, "--format", "-f", help="Image format."),
-    storage: str = _storage_option(),
+    fmt: FigureFormat = typer.Option(FigureFormat.png, "--format", "-f", help="Image format."),  # noqa: B008 - typer idiom
+    storage: str = StorageOption,
 ) -> None:
     """Figures of RUN: scores with exploit jumps, hyperparameters, lineage tree, best schedule."""
     from pbtune.report.plots import plot_run
@@ -95,7 +94,7 @@ def plot(
 def report(
     run_name: str = typer.Argument(..., metavar="RUN"),
     out: str | None = typer.Option(None, "--out", "-o", help="HTML file to write (default RUN-report.html)."),
-    storage: str = _storage_option(),
+    storage: str = StorageOption,
 ) -> None:
     """One self-contained HTML report of RUN (figures, sortable member table, best schedule, config)."""
     from pbtune.report.html import write_report
@@ -108,9 +107,9 @@ def report(
 def schedule(
     run_name: str = typer.Argument(..., metavar="RUN"),
     member: str = typer.Argument("best", help="Member id, or 'best'."),
-    fmt: ScheduleFormat = typer.Option(ScheduleFormat.json, "--format", "-f", help="Output format."),
+    fmt: ScheduleFormat = typer.Option(ScheduleFormat.json, "--format", "-f", help="Output format."),  # noqa: B008
     out: str | None = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
-    storage: str = _storage_option(),
+    storage: str = StorageOption,
 ) -> None:
     """The hyperparameter schedule behind MEMBER's model (steps are the model's age; donors' steps first)."""
     from pbtune.report._files import atomic_file
@@ -141,10 +140,10 @@ def replay(
                                         help="Training steps (default: the age of the member's model)."),
     trainable: str | None = typer.Option(None, "--trainable", "-t",
                                             help="module:Class or file.py:Class (default: the run's)."),
-    arg: list[str] = typer.Option([], "--arg", "-a", help="Override a trainable argument: KEY=VALUE (repeat)."),
+    arg: list[str] = typer.Option([], "--arg", "-a", help="Override a trainable argument: KEY=VALUE (repeat)."),  # noqa: B008
     save: str | None = typer.Option(None, "--save", help="Save the retrained model to this file."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    storage: str = _storage_option(),
+    storage: str = StorageOption,
 ) -> None:
     """Retrain MEMBER's model from scratch following its schedule, with the run's trainable."""
     from pbtune.report.replay import replay_member
@@ -182,7 +181,7 @@ def export(
     checkpoints: str | None = typer.Option(None, "--checkpoints", "-c",
                                               help="Checkpoint store URL (default: the run's)."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
-    storage: str = _storage_option(),
+    storage: str = StorageOption,
 ) -> None:
     """Copy MEMBER's checkpoint out of the run, with a JSON of its hyperparameters, schedule and scores."""
     from pbtune.report.export import export_member
@@ -201,7 +200,7 @@ def tensorboard(
     run_name: str = typer.Argument(..., metavar="RUN"),
     logdir: str = typer.Option(os.path.join(DEFAULT_DIR, "tensorboard"), "--logdir", "-l",
                                help="TensorBoard log folder (the run goes to LOGDIR/RUN)."),
-    storage: str = _storage_option(),
+    storage: str = StorageOption,
 ) -> None:
     """Write RUN's scores, metrics and hyperparameters as TensorBoard event files (one folder per member)."""
     from pbtune.report.tensorboard import write_tensorboard
@@ -214,7 +213,7 @@ def watch(
     run_name: str = typer.Argument(..., metavar="RUN"),
     interval: float = typer.Option(1.0, "--interval", "-i", min=0.1, help="Seconds between refreshes."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain progress lines (for CI logs)."),
-    storage: str = _storage_option(),
+    storage: str = StorageOption,
 ) -> None:
     """Follow a run in the terminal (members table and progress bar) until every member is done."""
     from pbtune.report.live import LiveDisplay

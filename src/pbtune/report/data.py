@@ -422,7 +422,11 @@ def ancestry_scores(data: RunData, member_id: int, step: int | None = None) -> C
         curve = curves.get(segment.member_id)
         if curve is None:
             continue
-        points += [(s + segment.offset, v) for s, v in zip(curve.steps, curve.values, strict=True) if segment.start < s <= segment.end]
+        points += [
+            (s + segment.offset, v)
+            for s, v in zip(curve.steps, curve.values, strict=True)
+            if segment.start < s <= segment.end
+        ]
     return Curve(member_id, tuple(s for s, _ in points), tuple(v for _, v in points))
 
 

@@ -43,8 +43,10 @@ _CAPTIONS = {
 }
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1rem 1.5rem;color:#222}
-h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;
+  padding:1rem 1.5rem;color:#222}
+h1{font-size:1.5rem;margin-bottom:.2rem}
+h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .summary{color:#444}.summary b{color:#000}
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85rem;color:#555}
@@ -52,7 +54,8 @@ table{border-collapse:collapse;font-size:.85rem;width:100%}
 th,td{border-bottom:1px solid #e5e5e5;padding:.25rem .5rem;text-align:left;vertical-align:top}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 table.sortable th{cursor:pointer;user-select:none;background:#f6f6f6;position:sticky;top:0}
-table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
+table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
+table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 tr.best{background:#fff4e5;font-weight:600}tr.failed{color:#b00}
 pre{background:#f6f6f6;padding:.75rem;overflow:auto;font-size:.8rem}
 nav a{margin-right:1rem}
@@ -163,7 +166,7 @@ def _members_table(data: RunData) -> str:
             text = f"{row['member']} ★" if k == "member" and row["best"] else _fmt(value)
             css = ' class="num"' if t == "number" else ""
             cells.append(f'<td data-value="{_esc(_sort_value(value))}"{css}>{_esc(text)}</td>')
-        classes = " ".join(c for c in ("best" if row["best"] else "", "failed" if row["state"] == "failed" else "") if c)
+        classes = " ".join(c for c, on in (("best", row["best"]), ("failed", row["state"] == "failed")) if on)
         body.append(f'<tr data-member="{row["member"]}"{f" class={chr(34)}{classes}{chr(34)}" if classes else ""}>'
                     f'{"".join(cells)}</tr>')
     return (
@@ -195,7 +198,8 @@ def _schedule_table(data: RunData, member_id: int) -> str:
 
 def _events_list(data: RunData) -> str:
     items = [
-        f"<tr><td class=num>{e.member_id}</td><td class=num>{e.step}</td><td>{_esc(e.kind)}</td><td>{_esc(e.summary)}</td></tr>"
+        f"<tr><td class=num>{e.member_id}</td><td class=num>{e.step}</td><td>{_esc(e.kind)}</td>"
+        f"<td>{_esc(e.summary)}</td></tr>"
         for e in data.events if e.kind in ("exploit", "explore", "resume", "fail")
     ]
     if not items:

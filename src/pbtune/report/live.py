@@ -98,19 +98,20 @@ class LiveDisplay:
         from rich.table import Table
 
         last: dict[int, EventRecord] = {}
-        for event in events:
-            if event.kind in _NOTABLE:
-                last[event.member_id] = event
+        for e in events:
+            if e.kind in _NOTABLE:
+                last[e.member_id] = e
         order = ranked(members, config.mode)
         best_id = order[0].member_id if order else None
         shown = list(members)
-        if len(shown) > self.max_rows:  # keep the best ones, in id order
-            keep = {m.member_id for m in order[: self.max_rows]}
-            shown = [m for m in members if m.member_id in keep][: self.max_rows]
+        if len(shown) > self.max_rows:  # keep the best ones (then unscored ones), in id order
+            scored = [m.member_id for m in order]
+            keep = set((scored + [m.member_id for m in members if m.member_id not in scored])[: self.max_rows])
+            shown = [m for m in members if m.member_id in keep]
         table = Table(title=f"run {config.name}", expand=False, show_lines=False)
-        for column, justify in (("member", "right"), ("state", "left"), ("step", "right"), ("score", "right"),
-                                ("hparams", "left"), ("last event", "left")):
-            table.add_column(column, justify=justify, overflow="fold" if column == "last event" else "ellipsis")
+        for column in ("member", "state", "step", "score", "hparams", "last event"):
+            table.add_column(column, justify="right" if column in ("member", "step", "score") else "left",
+                             overflow="fold" if column == "last event" else "ellipsis")
         for m in shown:
             event = last.get(m.member_id)
             style = "bold green" if m.member_id == best_id else ("red" if m.state is MemberState.FAILED else None)

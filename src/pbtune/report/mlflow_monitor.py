@@ -68,7 +68,8 @@ class MLflowMonitor:
         if member_id not in self.member_runs:
             run = self._client.create_run(
                 self._experiment_id, run_name=f"{data.run}/member-{member_id}",
-                tags={"mlflow.parentRunId": self.parent_run_id, "pbtune.run": data.run, "pbtune.member": str(member_id)},
+                tags={"mlflow.parentRunId": self.parent_run_id, "pbtune.run": data.run,
+                      "pbtune.member": str(member_id)},
             )
             self.member_runs[member_id] = run.info.run_id
             first = data.member(member_id).hparams
@@ -123,7 +124,9 @@ class MLflowMonitor:
         self.sync(data)
         for member in data.members:
             if member.member_id in self.member_runs:
-                status = "FAILED" if member.state.value == "failed" else "FINISHED" if member.state.is_final else "KILLED"
+                status = "FINISHED" if member.state.is_final else "KILLED"  # KILLED: the run stopped early
+                if member.state.value == "failed":
+                    status = "FAILED"
                 self._client.set_terminated(self.member_runs[member.member_id], status=status)
         if self.parent_run_id is not None:
             self._client.set_terminated(self.parent_run_id, status="FINISHED")

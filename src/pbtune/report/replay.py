@@ -67,7 +67,9 @@ def as_schedule(entries: Iterable[ScheduleEntry | Mapping[str, Any]]) -> list[Sc
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise InvalidConfigError(f"schedule[{index}].step", "replay", "an integer >= 0", step)
         if not isinstance(entry.hparams, Mapping):
-            raise InvalidConfigError(f"schedule[{index}].hparams", "replay", "a mapping of name -> value", entry.hparams)
+            raise InvalidConfigError(
+                f"schedule[{index}].hparams", "replay", "a mapping of name -> value", entry.hparams
+            )
         if out and step <= out[-1].step:
             raise InvalidConfigError(
                 f"schedule[{index}].step", "replay", f"greater than the previous step ({out[-1].step})", step
