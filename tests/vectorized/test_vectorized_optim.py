@@ -6,9 +6,7 @@ import copy
 
 import pytest
 
-torch = pytest.importorskip(
-    "torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')"
-)
+torch = pytest.importorskip("torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')")
 import torch.nn.functional as F  # noqa: E402
 from vectorized_helpers import CUDA, batches, blobs, bn_mlp, build_population, mlp, train_alone  # noqa: E402
 
@@ -37,9 +35,7 @@ def _compare(
     x, y = x.to(device), y.to(device)
     indices = [i.to(device) for i in batches(steps, len(models), len(x), 16)]
     alone = [
-        train_alone(
-            copy.deepcopy(m).to(device), make_opts[k], x, y, [idx[k] for idx in indices], loss_alone
-        )
+        train_alone(copy.deepcopy(m).to(device), make_opts[k], x, y, [idx[k] for idx in indices], loss_alone)
         for k, m in enumerate(models)
     ]
     for t, idx in enumerate(indices):
@@ -113,9 +109,7 @@ def test_batchnorm_statistics_follow_the_member_trained_alone():
     models = _models(2, bn_mlp)
     pop = build_population(models, pv.SGD(), hparams)
     make = [lambda ps, h=h: torch.optim.SGD(ps, **h) for h in hparams]
-    _compare(
-        models, pop, make, hparams, steps=10
-    )  # running_mean/var/num_batches_tracked are in the state_dict
+    _compare(models, pop, make, hparams, steps=10)  # running_mean/var/num_batches_tracked are in the state_dict
 
 
 def test_per_member_label_smoothing_matches_cross_entropy_with_label_smoothing():
@@ -138,9 +132,7 @@ def test_per_member_label_smoothing_matches_cross_entropy_with_label_smoothing()
         if k == 0:
             reference = alone
         else:
-            assert not torch.allclose(
-                alone[-1]["0.weight"], reference[-1]["0.weight"]
-            )  # smoothing matters
+            assert not torch.allclose(alone[-1]["0.weight"], reference[-1]["0.weight"])  # smoothing matters
         models[k].final = alone[-1]
     for idx in indices:
         pop.train_step(x[idx], y[idx], slice(0, 3))
@@ -203,4 +195,4 @@ def test_sgd_and_adam_match_torch_optim_on_cuda():
     ):
         models = _models(2)
         pop = build_population(models, spec, [hp, hp], device="cuda")
-        _compare(models, pop, [lambda ps: cls(ps, **kwargs)] * 2, [hp, hp], device="cuda")
+        _compare(models, pop, [lambda ps, cls=cls, kwargs=kwargs: cls(ps, **kwargs)] * 2, [hp, hp], device="cuda")

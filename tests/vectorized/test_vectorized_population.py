@@ -7,9 +7,7 @@ import os
 
 import pytest
 
-torch = pytest.importorskip(
-    "torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')"
-)
+torch = pytest.importorskip("torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')")
 from torch import nn  # noqa: E402
 from vectorized_helpers import batches, blobs, bn_mlp, build_population, dropout_mlp, mlp  # noqa: E402
 
@@ -22,9 +20,7 @@ from pbtune.vectorized.population import atomic_save, load_checkpoint  # noqa: E
 def _trained(factory=bn_mlp, spec=None, members=4, steps=5, tensor_hparams=(), extra=None):
     torch.manual_seed(0)
     models = [factory() for _ in range(members)]
-    hparams = [
-        {"lr": 0.01 * (i + 1), "beta1": 0.9 - 0.1 * i, **(extra or {})} for i in range(members)
-    ]
+    hparams = [{"lr": 0.01 * (i + 1), "beta1": 0.9 - 0.1 * i, **(extra or {})} for i in range(members)]
     pop = build_population(models, spec or pv.Adam(), hparams, tensor_hparams=tensor_hparams)
     x, y = blobs()
     for idx in batches(steps, members, len(x), 16):
@@ -47,9 +43,7 @@ def test_exploit_copies_parameters_batchnorm_buffers_optimizer_state_and_hparams
     pop.copy_members([2], [0])
 
     weights, opt, opt_hp, hp = _member_state(pop, 0)
-    for name, value in donor_before[
-        0
-    ].items():  # parameters and BN running_mean/var/num_batches_tracked
+    for name, value in donor_before[0].items():  # parameters and BN running_mean/var/num_batches_tracked
         assert torch.equal(weights[name], value), name
     for name, value in donor_before[1].items():  # exp_avg, exp_avg_sq, step count
         assert torch.equal(opt[name], value), name
@@ -108,13 +102,9 @@ def test_tied_and_frozen_parameters_are_kept():
 
 def test_per_member_dropout_probability():
     torch.manual_seed(0)
-    models = [
-        nn.Sequential(nn.Linear(6, 16), nn.Softplus(), nn.Dropout(0.3)) for _ in range(3)
-    ]  # outputs > 0
+    models = [nn.Sequential(nn.Linear(6, 16), nn.Softplus(), nn.Dropout(0.3)) for _ in range(3)]  # outputs > 0
     rates = [0.0, 0.5, 0.9]
-    pop = build_population(
-        models, pv.SGD(), [{"lr": 0.1, "dropout": r} for r in rates], tensor_hparams=["dropout"]
-    )
+    pop = build_population(models, pv.SGD(), [{"lr": 0.1, "dropout": r} for r in rates], tensor_hparams=["dropout"])
     assert pop.dropout_modules == ["2"]
     probe = torch.randn(4000, 6)
     clean = pop.forward(probe, slice(0, 3))  # eval mode: no dropout
@@ -123,16 +113,12 @@ def test_per_member_dropout_probability():
         dropped = (noisy[i] == 0).float().mean().item()
         assert abs(dropped - rate) < 0.02, (i, dropped)
         kept = noisy[i] != 0
-        torch.testing.assert_close(
-            noisy[i][kept], clean[i][kept] / (1 - rate)
-        )  # inverted-dropout scaling
+        torch.testing.assert_close(noisy[i][kept], clean[i][kept] / (1 - rate))  # inverted-dropout scaling
     # members draw independent masks even with the same rate
     pop.set_hparams(2, {"lr": 0.1, "dropout": 0.5})
     noisy = pop.forward(probe, slice(0, 3), train=True)
     assert not torch.equal(noisy[1] == 0, noisy[2] == 0)
-    with pytest.raises(
-        InvalidConfigError, match="`dropout` of `hparams of member 0` must be in \\[0, 1\\)"
-    ):
+    with pytest.raises(InvalidConfigError, match="`dropout` of `hparams of member 0` must be in \\[0, 1\\)"):
         pop.set_hparams(0, {"lr": 0.1, "dropout": 1.0})
 
 
@@ -172,9 +158,7 @@ def test_chunked_steps_give_the_same_members_as_one_batched_step():
             chunked.train_step(x[idx[rows]], y[idx[rows]], rows)
     for i in range(5):
         for name, value in whole.member_state_dict(i).items():
-            torch.testing.assert_close(
-                chunked.member_state_dict(i)[name], value, rtol=1e-6, atol=1e-7
-            )
+            torch.testing.assert_close(chunked.member_state_dict(i)[name], value, rtol=1e-6, atol=1e-7)
 
 
 def test_chunk_plan_splits_when_memory_is_short(monkeypatch):
@@ -207,17 +191,14 @@ def test_population_state_round_trips_through_an_atomic_weights_only_file(tmp_pa
     other = build_population([bn_mlp() for _ in range(4)], pv.Adam(), [{"lr": 0.5}] * 4)
     other.load_state_dict(data["population"])
     for i in range(4):
-        for (name, value), (_, mine) in zip(
-            pop.member_state_dict(i).items(), other.member_state_dict(i).items()
-        ):
+        mine_items = other.member_state_dict(i).items()
+        for (name, value), (_, mine) in zip(pop.member_state_dict(i).items(), mine_items, strict=True):
             assert torch.equal(value, mine), name
         assert other.hparams[i] == pop.hparams[i]
     for name, tensor in pop.optimizer.state.items():
         assert torch.equal(other.optimizer.state[name], tensor)
     with pytest.raises(InvalidConfigError, match="population"):
-        build_population(
-            [bn_mlp() for _ in range(3)], pv.Adam(), [{"lr": 0.5}] * 3
-        ).load_state_dict(data["population"])
+        build_population([bn_mlp() for _ in range(3)], pv.Adam(), [{"lr": 0.5}] * 3).load_state_dict(data["population"])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError):
         load_checkpoint(str(tmp_path / "junk.pt"))
@@ -226,3 +207,12 @@ def test_population_state_round_trips_through_an_atomic_weights_only_file(tmp_pa
 def test_models_of_different_shapes_are_rejected():
     with pytest.raises(InvalidConfigError, match="same architecture"):
         pv.StackedPopulation([nn.Linear(3, 2), nn.Linear(3, 4)], pv.SGD())
+
+
+def test_a_weights_only_copy_keeps_the_receivers_hyperparameters():
+    pop, _ = _trained(spec=pv.SGD(), extra={"momentum": 0.9})
+    own = dict(pop.hparams[0]), pop.optimizer.member_hparams(0)
+    pop.copy_members([3], [0], copy_hparams=False)
+    assert torch.equal(pop.member_state_dict(0)["0.weight"], pop.member_state_dict(3)["0.weight"])
+    assert torch.equal(pop.optimizer.state["momentum_buffer"][0], pop.optimizer.state["momentum_buffer"][3])
+    assert (dict(pop.hparams[0]), pop.optimizer.member_hparams(0)) == own

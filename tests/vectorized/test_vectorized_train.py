@@ -7,9 +7,7 @@ import sys
 
 import pytest
 
-torch = pytest.importorskip(
-    "torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')"
-)
+torch = pytest.importorskip("torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')")
 import torch.nn.functional as F  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 from vectorized_helpers import CUDA, blobs, bn_mlp, dropout_mlp, mlp  # noqa: E402
@@ -49,9 +47,7 @@ def test_run_records_members_scores_and_lineage_in_the_store(tmp_path):
     result = pv.train(mlp, SPACE, **_settings(tmp_path))
     store = open_store(f"sqlite:///{tmp_path}/pbt.db")
     members = store.list_members("vec")
-    assert len(members) == 6 and all(
-        m.state is MemberState.FINISHED and m.step == 6 for m in members
-    )
+    assert len(members) == 6 and all(m.state is MemberState.FINISHED and m.step == 6 for m in members)
     scores = store.scores("vec")
     assert len(scores) == 36
     for m in range(6):
@@ -65,9 +61,7 @@ def test_run_records_members_scores_and_lineage_in_the_store(tmp_path):
     by_key = {(s.member_id, s.step): s.score for s in scores}
     for e in exploits:
         assert e.step in (2, 4) and e.donor_step == e.step
-        assert (
-            by_key[(e.donor_id, e.step)] > by_key[(e.member_id, e.step)]
-        )  # copied a better member
+        assert by_key[(e.donor_id, e.step)] > by_key[(e.member_id, e.step)]  # copied a better member
         follow = next(x for x in explores if x.member_id == e.member_id and x.step == e.step)
         assert follow.old_hparams == e.new_hparams and " --(" in follow.summary
     # the schedule replays through the donors and ends at each member's current hyperparameters
@@ -121,7 +115,7 @@ def test_resume_from_the_population_checkpoint_continues_bit_for_bit(tmp_path):
     assert all(m.step == 3 and not m.state.is_final for m in split.store.list_members("split"))
     resumed = pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="split", **common))
     resumed.run()
-    for ref, got in zip(_population_state(reference), _population_state(resumed)):
+    for ref, got in zip(_population_state(reference), _population_state(resumed), strict=True):
         if isinstance(ref, torch.Tensor):
             assert torch.equal(ref, got)
         elif isinstance(ref, dict):
@@ -132,9 +126,7 @@ def test_resume_from_the_population_checkpoint_continues_bit_for_bit(tmp_path):
 
     def history(run):
         scores = [(s.member_id, s.step, s.score) for s in store.scores(run)]
-        events = [
-            (e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)
-        ]
+        events = [(e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)]
         return sorted(scores), sorted(events, key=repr)
 
     assert history("ref") == history("split")
@@ -151,17 +143,11 @@ def test_tournament_and_chunking_run_and_match_the_unchunked_run(tmp_path):
     kwargs = dict(exploit=Tournament(), steps=4)
     whole = pv.VectorizedPBT(bn_mlp, SPACE, **_settings(tmp_path, name="whole", **kwargs))
     whole.run()
-    chunked = pv.VectorizedPBT(
-        bn_mlp, SPACE, **_settings(tmp_path, name="chunked", chunk_size=4, **kwargs)
-    )
+    chunked = pv.VectorizedPBT(bn_mlp, SPACE, **_settings(tmp_path, name="chunked", chunk_size=4, **kwargs))
     result = chunked.run()
     assert result.chunk_plan.chunk_size == 4 and result.chunk_plan.chunks == 2
-    torch.testing.assert_close(
-        chunked.population.params, whole.population.params, rtol=1e-5, atol=1e-6
-    )
-    assert [dict(h) for h in chunked.population.hparams] == [
-        dict(h) for h in whole.population.hparams
-    ]
+    torch.testing.assert_close(chunked.population.params, whole.population.params, rtol=1e-5, atol=1e-6)
+    assert [dict(h) for h in chunked.population.hparams] == [dict(h) for h in whole.population.hparams]
 
 
 def test_a_loss_with_hparams_gets_each_members_values(tmp_path):
@@ -190,9 +176,7 @@ def test_adamw_with_label_smoothing_and_no_eval_data_scores_the_training_loss(tm
         "beta1": Float(0.5, 0.95),
         "label_smoothing": Float(0.0, 0.2),
     }
-    settings = _settings(
-        tmp_path, name="adamw", steps=2, eval_data=None, optimizer={"name": "adamw"}
-    )
+    settings = _settings(tmp_path, name="adamw", steps=2, eval_data=None, optimizer={"name": "adamw"})
     pv.train(mlp, space, **settings)
     store = open_store(settings["storage"])
     cfg = store.get_run("adamw").config
@@ -237,17 +221,11 @@ def test_other_settings_are_validated(tmp_path):
     with pytest.raises(InvalidConfigError, match="`data` of `vectorized.train`"):
         pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, data=[1, 2, 3]))
     with pytest.raises(InvalidConfigError, match="`loss` of `vectorized.train`"):
-        pv.VectorizedPBT(
-            mlp, {**SPACE, "label_smoothing": Float(0.0, 0.1)}, loss="mse", **_settings(tmp_path)
-        )
-    with pytest.raises(
-        InvalidConfigError, match="`dropout` of `space` must be used by an nn.Dropout"
-    ):
+        pv.VectorizedPBT(mlp, {**SPACE, "label_smoothing": Float(0.0, 0.1)}, loss="mse", **_settings(tmp_path))
+    with pytest.raises(InvalidConfigError, match="`dropout` of `space` must be used by an nn.Dropout"):
         pv.train(mlp, {**SPACE, "dropout": Float(0.0, 0.5)}, **_settings(tmp_path, name="nodrop"))
     if not torch.cuda.is_available():
-        with pytest.raises(
-            InvalidConfigError, match="`device` of `vectorized.train` must be an available device"
-        ):
+        with pytest.raises(InvalidConfigError, match="`device` of `vectorized.train` must be an available device"):
             pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, device="cuda"))
 
 
@@ -261,3 +239,15 @@ def test_the_engine_trains_on_cuda(tmp_path):
     result = pv.train(bn_mlp, SPACE, **_settings(tmp_path, name="cuda", device="cuda"))
     assert result.engine.population.params.is_cuda
     assert len(open_store(f"sqlite:///{tmp_path}/pbt.db").scores("cuda")) == 36
+
+
+def test_weights_only_exploit_keeps_the_receivers_hyperparameters(tmp_path):
+    settings = _settings(
+        tmp_path, name="wonly", steps=4, exploit={"name": "truncation", "quantile": 0.34, "copy_hparams": False}
+    )
+    engine = pv.VectorizedPBT(mlp, SPACE, **settings)
+    engine.run()
+    exploits = [e for e in engine.store.events("wonly") if e.kind == "exploit"]
+    assert exploits
+    for e in exploits:
+        assert e.new_hparams == e.old_hparams and e.summary.endswith("(weights only)")

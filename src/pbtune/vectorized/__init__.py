@@ -50,9 +50,7 @@ def __getattr__(name: str) -> Any:
         loaded = importlib.import_module(f"pbtune.vectorized.{module}")
     except ModuleNotFoundError as exc:
         if exc.name == "torch":
-            raise ImportError(
-                "pbtune.vectorized needs PyTorch: pip install 'pbtune[torch]'"
-            ) from exc
+            raise ImportError("pbtune.vectorized needs PyTorch: pip install 'pbtune[torch]'") from exc
         raise
     return getattr(loaded, name)
 

@@ -30,6 +30,8 @@ class MemberDropout(nn.Module):
     arithmetic is torch's: ``x * bernoulli(1 - p) / (1 - p)``.
     """
 
+    rate: torch.Tensor
+
     def __init__(self, p: float) -> None:
         super().__init__()
         self.register_buffer("rate", torch.tensor(float(p)), persistent=False)
@@ -101,8 +103,7 @@ def resolve_loss(loss: str | LossFn, *, label_smoothing: bool) -> tuple[LossFn, 
             raise InvalidConfigError(
                 "loss",
                 "vectorized.train",
-                f"one of {sorted(_LOSSES)} or a callable "
-                "(outputs, targets[, hparams]) -> scalar tensor",
+                f"one of {sorted(_LOSSES)} or a callable (outputs, targets[, hparams]) -> scalar tensor",
                 loss,
             )
         if label_smoothing:
@@ -110,8 +111,7 @@ def resolve_loss(loss: str | LossFn, *, label_smoothing: bool) -> tuple[LossFn, 
                 raise InvalidConfigError(
                     "loss",
                     "vectorized.train",
-                    "'cross_entropy' when the space has "
-                    "`label_smoothing` (or a callable that takes hparams=)",
+                    "'cross_entropy' when the space has `label_smoothing` (or a callable that takes hparams=)",
                     loss,
                 )
             return _cross_entropy_smoothed, True
@@ -122,8 +122,7 @@ def resolve_loss(loss: str | LossFn, *, label_smoothing: bool) -> tuple[LossFn, 
         raise InvalidConfigError(
             "loss",
             "vectorized.train",
-            "'cross_entropy' or a callable with an `hparams` "
-            "parameter when the space has `label_smoothing`",
+            "'cross_entropy' or a callable with an `hparams` parameter when the space has `label_smoothing`",
             getattr(loss, "__name__", loss),
         )
     return loss, takes_hparams(loss)
@@ -133,9 +132,7 @@ def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (outputs.argmax(dim=-1) == targets).to(torch.float32).mean()
 
 
-def resolve_metric(
-    metric: str | MetricFn, loss: LossFn, loss_takes_hparams: bool
-) -> tuple[MetricFn, str]:
+def resolve_metric(metric: str | MetricFn, loss: LossFn, loss_takes_hparams: bool) -> tuple[MetricFn, str]:
     """The metric callable and its default mode (``max`` for accuracy, ``min`` for loss)."""
     if metric == "accuracy":
         return _accuracy, "max"
@@ -177,9 +174,7 @@ def make_grad_fn(template: nn.Module, loss: LossFn, loss_takes_hparams: bool) ->
 def make_forward_fn(template: nn.Module) -> Callable[..., Any]:
     """``f(params, constants, x) -> outputs[c, ...]`` with ``x`` shared by all members."""
 
-    def member_forward(
-        params: dict[str, torch.Tensor], constants: dict[str, torch.Tensor], x: Any
-    ) -> Any:
+    def member_forward(params: dict[str, torch.Tensor], constants: dict[str, torch.Tensor], x: Any) -> Any:
         return functional_call(template, (params, constants), (x,))
 
     return vmap(member_forward, in_dims=(0, 0, None), randomness="different")  # type: ignore[no-any-return]

@@ -65,10 +65,7 @@ class ChunkPlan:
 
 def chunk_slices(population: int, chunk_size: int) -> list[slice]:
     """``[slice(0, c), slice(c, 2c), ...]`` covering ``range(population)``."""
-    return [
-        slice(start, min(start + chunk_size, population))
-        for start in range(0, population, chunk_size)
-    ]
+    return [slice(start, min(start + chunk_size, population)) for start in range(0, population, chunk_size)]
 
 
 def available_bytes(device: torch.device) -> int:
@@ -108,14 +105,8 @@ def _estimate_cpu(population: StackedPopulation, inputs: Any) -> int:
         nonlocal total
         total += _output_bytes(output)  # inside vmap a tensor reports one member's shape
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in population.template.modules()
-        if not list(m.children())
-    ]
-    saved = {
-        name: tensor[:1].clone() for name, tensor in population.constants.items()
-    }  # BN statistics
+    handles = [m.register_forward_hook(hook) for m in population.template.modules() if not list(m.children())]
+    saved = {name: tensor[:1].clone() for name, tensor in population.constants.items()}  # BN statistics
     try:
         with torch.random.fork_rng(devices=[]):  # dropout must not consume the run's random stream
             population.forward(inputs, slice(0, 1), train=True)
@@ -131,9 +122,7 @@ def _measure_cuda(population: StackedPopulation, inputs: Any, targets: Any, prob
     """Peak memory of a real gradient computation for ``probe`` members, per member."""
     device = population.device
     rows = slice(0, probe)
-    saved = {
-        name: tensor[rows].clone() for name, tensor in population.constants.items()
-    }  # BN stats
+    saved = {name: tensor[rows].clone() for name, tensor in population.constants.items()}  # BN stats
     rng = torch.cuda.get_rng_state(device)
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)

@@ -92,9 +92,7 @@ class VectorizedResult(RunResult):
 
     def state_dict(self, member_id: int | None = None) -> OrderedDict[str, torch.Tensor]:
         """A member's weights as a plain ``state_dict`` for ``model_fn()`` (default: the best member)."""
-        return self.engine.population.member_state_dict(
-            self.best.member_id if member_id is None else member_id
-        )
+        return self.engine.population.member_state_dict(self.best.member_id if member_id is None else member_id)
 
 
 class VectorizedPBT:
@@ -168,14 +166,10 @@ class VectorizedPBT:
     ) -> None:
         where = "vectorized.train"
         if not callable(model_fn):
-            raise InvalidConfigError(
-                "model_fn", where, "a callable that returns an nn.Module", model_fn
-            )
+            raise InvalidConfigError("model_fn", where, "a callable that returns an nn.Module", model_fn)
         self.model_fn = model_fn
         self.space = space if isinstance(space, Space) else Space(space)
-        self.optimizer: OptimizerSpec = optimizer_from_config(
-            optimizer if optimizer is not None else SGD()
-        )
+        self.optimizer: OptimizerSpec = optimizer_from_config(optimizer if optimizer is not None else SGD())
         for field_name, value, low in (
             ("batch_size", batch_size, 1),
             ("batches_per_step", batches_per_step, 1),
@@ -189,16 +183,12 @@ class VectorizedPBT:
             eval_batch_size,
         )
         if save_final not in ("best", "all", "none"):
-            raise InvalidConfigError(
-                "save_final", where, "one of ['all', 'best', 'none']", save_final
-            )
+            raise InvalidConfigError("save_final", where, "one of ['all', 'best', 'none']", save_final)
         self.save_final = save_final
         self.device = _check_device(device)
         self.data = _check_data(data, "data")
         self.eval_data = None if eval_data is None else _check_data(eval_data, "eval_data")
-        self.loss, self.loss_takes_hparams = resolve_loss(
-            loss, label_smoothing="label_smoothing" in self.space
-        )
+        self.loss, self.loss_takes_hparams = resolve_loss(loss, label_smoothing="label_smoothing" in self.space)
         self.tensor_hparams = self._check_space()
         if self.eval_data is None:
             self.metric: MetricFn | None = None
@@ -206,12 +196,8 @@ class VectorizedPBT:
         else:
             self.metric, metric_mode = resolve_metric(metric, self.loss, self.loss_takes_hparams)
         if mode is None and not metric_mode:
-            raise InvalidConfigError(
-                "mode", where, "'max' or 'min' (required with a custom metric)", mode
-            )
-        self.metric_name = (
-            metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
-        )
+            raise InvalidConfigError("mode", where, "'max' or 'min' (required with a custom metric)", mode)
+        self.metric_name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
         self.config = RunConfig(
             name=name or time.strftime("vectorized-%Y%m%d-%H%M%S"),
             space=self.space,
@@ -228,9 +214,7 @@ class VectorizedPBT:
             checkpoint_interval=checkpoint_interval,
         )
         if checkpoint is True:
-            self.checkpoint_path: str | None = os.path.join(
-                checkpoints, self.config.name, "population.pt"
-            )
+            self.checkpoint_path: str | None = os.path.join(checkpoints, self.config.name, "population.pt")
         elif checkpoint is False or checkpoint is None:
             self.checkpoint_path = None
         elif isinstance(checkpoint, str) and checkpoint:
@@ -238,9 +222,7 @@ class VectorizedPBT:
         else:
             raise InvalidConfigError("checkpoint", where, "True, False or a file path", checkpoint)
         if self.checkpoint_path is not None and "://" in self.checkpoint_path:
-            raise InvalidConfigError(
-                "checkpoint", where, "a local file path (written atomically)", checkpoint
-            )
+            raise InvalidConfigError("checkpoint", where, "a local file path (written atomically)", checkpoint)
         self.chunk_size = chunk_size
         self.progress = progress
         self.flush_seconds = float(flush_seconds)
@@ -254,31 +236,24 @@ class VectorizedPBT:
         tensor_hparams: list[str] = []
         for name, domain in self.space.items():
             if name in NOT_VECTORIZABLE:
-                raise InvalidConfigError(
-                    name, where, f"absent: {NOT_VECTORIZABLE[name]}", domain.to_config()
-                )
+                raise InvalidConfigError(name, where, f"absent: {NOT_VECTORIZABLE[name]}", domain.to_config())
             if name == "nesterov":
                 if name in self.optimizer.hparam_names and not (
                     isinstance(domain, Choice) and all(isinstance(v, bool) for v in domain.values)
                 ):
-                    raise InvalidConfigError(
-                        name, where, "a choice of true/false", domain.to_config()
-                    )
+                    raise InvalidConfigError(name, where, "a choice of true/false", domain.to_config())
             elif not _numeric_domain(domain):
                 raise InvalidConfigError(
                     name,
                     where,
-                    "a number (float, int or a choice of numbers): only "
-                    "numeric hyperparameters are vectorizable",
+                    "a number (float, int or a choice of numbers): only numeric hyperparameters are vectorizable",
                     domain.to_config(),
                 )
             if name in self.optimizer.hparam_names:
                 continue
             if name in _REGULARISERS or self.loss_takes_hparams:
                 if name == "dropout" and _domain_max(domain) >= 1.0:
-                    raise InvalidConfigError(
-                        name, where, "a probability below 1", domain.to_config()
-                    )
+                    raise InvalidConfigError(name, where, "a probability below 1", domain.to_config())
                 if name == "label_smoothing" and not 0.0 <= _domain_max(domain) <= 1.0:
                     raise InvalidConfigError(name, where, "within [0, 1]", domain.to_config())
                 tensor_hparams.append(name)
@@ -300,9 +275,7 @@ class VectorizedPBT:
         ``until`` stops after that step without finishing the members (their scores are
         written and the population checkpoint saved); a later ``run()`` continues from there.
         """
-        if until is not None and (
-            isinstance(until, bool) or not isinstance(until, int) or until < 1
-        ):
+        if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 1):
             raise InvalidConfigError("until", "VectorizedPBT.run", "an integer >= 1 or None", until)
         cfg = self.config
         _ensure_parent_dir(cfg.storage)
@@ -310,9 +283,7 @@ class VectorizedPBT:
         store = self.store = handle.store
         records = {m.member_id: m for m in store.list_members(cfg.name)}
         started = time.perf_counter()
-        with torch.random.fork_rng(
-            devices=self._cuda_devices()
-        ):  # the caller's RNG is left as it was
+        with torch.random.fork_rng(devices=self._cuda_devices()):  # the caller's RNG is left as it was
             state = self._start(records)
             stop = cfg.budget if until is None else min(until, cfg.budget)
             if state.step < stop:
@@ -322,9 +293,7 @@ class VectorizedPBT:
         best = best_member(members, cfg.mode)
         checkpoint_path = None
         if best.checkpoint is not None:
-            checkpoint_path = handle.checkpoints.fetch(
-                best.checkpoint, best.checkpoint_sha256 or ""
-            )
+            checkpoint_path = handle.checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "")
         return VectorizedResult(
             run=cfg.name,
             best=best,
@@ -356,9 +325,7 @@ class VectorizedPBT:
             with torch.random.fork_rng(devices=self._cuda_devices()):
                 torch.manual_seed(member_init_seed(cfg.seed, member_id))
                 modules.append(self.model_fn())
-        if self.space.get("dropout") is not None and not any(
-            type(m) is nn.Dropout for m in modules[0].modules()
-        ):
+        if self.space.get("dropout") is not None and not any(type(m) is nn.Dropout for m in modules[0].modules()):
             raise InvalidConfigError(
                 "dropout",
                 "space",
@@ -372,9 +339,7 @@ class VectorizedPBT:
         pop.set_loss(self.loss, self.loss_takes_hparams)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(_run_seed(cfg.seed, "data"))
-        state = _RunState(
-            population=pop, generator=generator, versions={i: r.version for i, r in records.items()}
-        )
+        state = _RunState(population=pop, generator=generator, versions={i: r.version for i, r in records.items()})
         state.scores = [r.score for r in (records[i] for i in range(size))]
         state.last_ready = [0] * size
         resumed = self.checkpoint_path is not None and os.path.exists(self.checkpoint_path)
@@ -443,9 +408,7 @@ class VectorizedPBT:
                     summary=f"resumed from the population checkpoint at step {state.step}",
                 )
                 if updated is None:
-                    raise PBTuneError(
-                        f"member {member_id} of run {cfg.name!r} changed while resuming"
-                    )
+                    raise PBTuneError(f"member {member_id} of run {cfg.name!r} changed while resuming")
                 state.versions[member_id] = updated.version
         log.info(
             "vectorized run %s resumed from %s at step %d",
@@ -468,9 +431,7 @@ class VectorizedPBT:
             while state.step < stop:
                 loss_sum = torch.zeros(size, device=self.device, dtype=pop.dtype)
                 for _ in range(self.batches_per_step):
-                    index = torch.randint(
-                        len(x), (size, batch), generator=state.generator, device=self.device
-                    )
+                    index = torch.randint(len(x), (size, batch), generator=state.generator, device=self.device)
                     for rows in slices:
                         chunk_index = index[rows]
                         loss_sum[rows] += pop.train_step(x[chunk_index], y[chunk_index], rows)
@@ -481,9 +442,7 @@ class VectorizedPBT:
                 scores = train_loss if self.metric is None else self._evaluate(slices)
                 for i in range(size):
                     state.scores[i] = scores[i]
-                    pending[i].append(
-                        ScorePoint(step, float(scores[i]), {"loss": float(train_loss[i])})
-                    )
+                    pending[i].append(ScorePoint(step, float(scores[i]), {"loss": float(train_loss[i])}))
                 final = step >= cfg.budget
                 snapshot = self._snapshot(state)
                 ready = [] if final else [m.member_id for m in snapshot if cfg.ready.is_ready(m)]
@@ -504,30 +463,21 @@ class VectorizedPBT:
 
     @torch.no_grad()
     def _evaluate(self, slices: Sequence[slice]) -> list[float]:
-        assert (
-            self.eval_data is not None and self.population is not None and self.metric is not None
-        )
+        assert self.eval_data is not None and self.population is not None and self.metric is not None
         pop = self.population
         x, y = self.eval_data
         scores = torch.empty(pop.size, dtype=torch.float64)
-        bounds = [
-            (s, min(s + self.eval_batch_size, len(x)))
-            for s in range(0, len(x), self.eval_batch_size)
-        ]
+        bounds = [(s, min(s + self.eval_batch_size, len(x))) for s in range(0, len(x), self.eval_batch_size)]
         for rows in slices:
             if self.metric_name == "accuracy":
                 correct = None
                 for start, stop in bounds:
-                    hits = (pop.forward(x[start:stop], rows).argmax(dim=-1) == y[start:stop]).sum(
-                        dim=-1
-                    )
+                    hits = (pop.forward(x[start:stop], rows).argmax(dim=-1) == y[start:stop]).sum(dim=-1)
                     correct = hits if correct is None else correct + hits
                 assert correct is not None
                 scores[rows] = (correct.double() / len(x)).cpu()
             else:
-                outputs = torch.cat(
-                    [pop.forward(x[start:stop], rows) for start, stop in bounds], dim=1
-                )
+                outputs = torch.cat([pop.forward(x[start:stop], rows) for start, stop in bounds], dim=1)
                 values = torch.vmap(self.metric, in_dims=(0, None))(outputs, y)
                 scores[rows] = values.double().cpu()
         return scores.tolist()
@@ -558,7 +508,7 @@ class VectorizedPBT:
         cfg = self.config
         best_id = None
         if final and self.save_final != "none":
-            best_id = best_member(self._snapshot(state), cfg.mode).member_id
+            best_id = best_member(tuple(self._snapshot(state)), cfg.mode).member_id
         for member_id, points in enumerate(pending):
             if not points:
                 continue
@@ -591,18 +541,14 @@ class VectorizedPBT:
         path = os.path.join(folder, "model.pt")
         try:
             atomic_save(self.population.member_state_dict(member_id), path)
-            member.report(
-                last.step, last.score, checkpoint=path, metrics=last.metrics, earlier=earlier
-            )
+            member.report(last.step, last.score, checkpoint=path, metrics=last.metrics, earlier=earlier)
         finally:
             if os.path.exists(path):
                 os.remove(path)
             os.rmdir(folder)
         state.versions[member_id] = member.record.version
 
-    def _exploit_and_explore(
-        self, state: _RunState, snapshot: Sequence[MemberRecord], ready: Sequence[int]
-    ) -> None:
+    def _exploit_and_explore(self, state: _RunState, snapshot: Sequence[MemberRecord], ready: Sequence[int]) -> None:
         """Decide for every ready member against the same snapshot, copy weights, record lineage."""
         assert self.store is not None
         cfg, pop, step = self.config, state.population, state.step
@@ -615,12 +561,16 @@ class VectorizedPBT:
                 decisions.append((member_id, decision))
         if not decisions:
             return
-        pop.copy_members([d.donor_id for _, d in decisions], [m for m, _ in decisions])
+        for copy_hparams in (True, False):  # one strategy gives one kind; weights-only keeps own hparams
+            group = [(m, d) for m, d in decisions if getattr(d, "copy_hparams", True) is copy_hparams]
+            pop.copy_members([d.donor_id for _, d in group], [m for m, _ in group], copy_hparams=copy_hparams)
         for member_id, decision in decisions:
             me, donor = snapshot[member_id], snapshot[decision.donor_id]
+            copy_hparams = getattr(decision, "copy_hparams", True)
             summary = (
                 f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
                 f" over member {member_id} (score {_fmt(me.score)}) in memory"
+                + ("" if copy_hparams else " (weights only)")
             )
             updated = self.store.apply_exploit(
                 cfg.name,
@@ -628,7 +578,7 @@ class VectorizedPBT:
                 expected_version=state.versions[member_id],
                 donor_id=donor.member_id,
                 donor_step=decision.donor_step,
-                hparams=donor.hparams,
+                hparams=donor.hparams if copy_hparams else me.hparams,
                 checkpoint=None,
                 summary=summary,
             )
@@ -648,9 +598,7 @@ class VectorizedPBT:
                 summary="; ".join(change.summary() for change in changes),
             )
             if explored is None:
-                raise PBTuneError(
-                    f"member {member_id} of run {cfg.name!r} was changed by another process"
-                )
+                raise PBTuneError(f"member {member_id} of run {cfg.name!r} was changed by another process")
             pop.set_hparams(member_id, new)
             state.versions[member_id] = explored.version
         log.debug("step %d: %d exploits", step, len(decisions))
@@ -663,9 +611,7 @@ class VectorizedPBT:
             "last_ready": list(state.last_ready),
             "data_rng": state.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device)
-            if self.device.type == "cuda"
-            else None,
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
         atomic_save(
             {
@@ -690,9 +636,7 @@ class _RunState:
     member_steps: int = 0
 
 
-def train(
-    model_fn: Callable[[], nn.Module], space: Space | Mapping[str, Any], **settings: Any
-) -> VectorizedResult:
+def train(model_fn: Callable[[], nn.Module], space: Space | Mapping[str, Any], **settings: Any) -> VectorizedResult:
     """Train a population with PBT as one batched model; see :class:`VectorizedPBT` for the settings.
 
     Example::

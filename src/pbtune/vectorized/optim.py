@@ -47,9 +47,7 @@ def _number(
     if ok:
         ok = (value >= low if low_inclusive else value > low) and (high is None or value < high)
     if not ok:
-        bound = f"{'>=' if low_inclusive else '>'} {low}" + (
-            f" and < {high}" if high is not None else ""
-        )
+        bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
         raise InvalidConfigError(field, where, f"a finite number {bound}", value)
     return float(value)
 
@@ -68,6 +66,7 @@ class SGD:
 
     kind = "sgd"
     hparam_names = ("lr", "momentum", "weight_decay", "nesterov")
+    decoupled = False
 
     def __post_init__(self) -> None:
         self.check(self.defaults(), "SGD")
@@ -87,9 +86,7 @@ class SGD:
         if "nesterov" in values and not isinstance(values["nesterov"], bool):
             raise InvalidConfigError("nesterov", where, "true or false", values["nesterov"])
 
-    def create(
-        self, population: int, dim: int, *, device: Any, dtype: torch.dtype
-    ) -> PopulationOptimizer:
+    def create(self, population: int, dim: int, *, device: Any, dtype: torch.dtype) -> PopulationOptimizer:
         return PopulationOptimizer(self, population, dim, device=device, dtype=dtype)
 
 
@@ -125,9 +122,7 @@ class Adam:
         if "weight_decay" in values:
             _number(values["weight_decay"], "weight_decay", where, 0.0)
 
-    def create(
-        self, population: int, dim: int, *, device: Any, dtype: torch.dtype
-    ) -> PopulationOptimizer:
+    def create(self, population: int, dim: int, *, device: Any, dtype: torch.dtype) -> PopulationOptimizer:
         return PopulationOptimizer(self, population, dim, device=device, dtype=dtype)
 
 
@@ -160,8 +155,7 @@ def optimizer_from_config(config: Any) -> OptimizerSpec:
         raise InvalidConfigError(
             "optimizer",
             "vectorized.train",
-            f"one of {sorted(_SPECS)} or a mapping with "
-            "`name`, or SGD/Adam/AdamW from pbtune.vectorized",
+            f"one of {sorted(_SPECS)} or a mapping with `name`, or SGD/Adam/AdamW from pbtune.vectorized",
             config,
         )
     params = {k: v for k, v in config.items() if k != "name"}
@@ -169,9 +163,7 @@ def optimizer_from_config(config: Any) -> OptimizerSpec:
     allowed = {f.name for f in fields(cls)}
     for key in params:
         if key not in allowed:
-            raise InvalidConfigError(
-                key, f"optimizer ({config['name']})", f"one of {sorted(allowed)}", params[key]
-            )
+            raise InvalidConfigError(key, f"optimizer ({config['name']})", f"one of {sorted(allowed)}", params[key])
     return cls(**params)  # type: ignore[no-any-return]
 
 
@@ -183,23 +175,17 @@ class PopulationOptimizer:
     as torch.optim does with Python floats, and only then rounded to the parameter dtype.
     """
 
-    def __init__(
-        self, spec: OptimizerSpec, population: int, dim: int, *, device: Any, dtype: torch.dtype
-    ) -> None:
+    def __init__(self, spec: OptimizerSpec, population: int, dim: int, *, device: Any, dtype: torch.dtype) -> None:
         self.spec = spec
         self.population = population
         self.dim = dim
         self.device = torch.device(device)
         self.dtype = dtype
         defaults = spec.defaults()
-        self._host: dict[str, list[Any]] = {
-            name: [defaults[name]] * population for name in spec.hparam_names
-        }
+        self._host: dict[str, list[Any]] = {name: [defaults[name]] * population for name in spec.hparam_names}
         self.state: dict[str, torch.Tensor] = {}
         if spec.kind == "sgd":
-            self.state["momentum_buffer"] = torch.zeros(
-                population, dim, device=self.device, dtype=dtype
-            )
+            self.state["momentum_buffer"] = torch.zeros(population, dim, device=self.device, dtype=dtype)
         else:
             self.state["exp_avg"] = torch.zeros(population, dim, device=self.device, dtype=dtype)
             self.state["exp_avg_sq"] = torch.zeros(population, dim, device=self.device, dtype=dtype)
@@ -229,9 +215,7 @@ class PopulationOptimizer:
         self._any = {n: any(bool(v) for v in vals) for n, vals in self._host.items()}
         if self.spec.kind == "sgd":
             self._nesterov_mixed = self._any["nesterov"] and not all(self._host["nesterov"])
-            self._nesterov_mask = torch.tensor(
-                self._host["nesterov"], device=self.device
-            ).unsqueeze(1)
+            self._nesterov_mask = torch.tensor(self._host["nesterov"], device=self.device).unsqueeze(1)
         else:
             self._one_minus_b1 = (1.0 - h64["beta1"]).to(self.dtype).unsqueeze(1)
             self._one_minus_b2 = (1.0 - h64["beta2"]).to(self.dtype).unsqueeze(1)
@@ -261,9 +245,7 @@ class PopulationOptimizer:
             if not self._any["nesterov"]:
                 update = buf
             elif self._nesterov_mixed:
-                update = torch.where(
-                    self._nesterov_mask[rows], grad.addcmul(buf, col["momentum"][rows]), buf
-                )
+                update = torch.where(self._nesterov_mask[rows], grad.addcmul(buf, col["momentum"][rows]), buf)
             else:
                 update = grad.addcmul_(buf, col["momentum"][rows])
         params.addcmul_(update, col["lr"][rows], value=-1.0)
@@ -315,9 +297,7 @@ class PopulationOptimizer:
                 raise InvalidConfigError(
                     name,
                     "optimizer state of the population checkpoint",
-                    f"shape {tuple(self.state[name].shape)}"
-                    if name in self.state
-                    else f"one of {sorted(self.state)}",
+                    f"shape {tuple(self.state[name].shape)}" if name in self.state else f"one of {sorted(self.state)}",
                     tuple(tensor.shape),
                 )
             self.state[name].copy_(tensor)

@@ -61,22 +61,16 @@ class StackedPopulation:
         tensor_hparams: Sequence[str] = (),
     ) -> None:
         if len(modules) < 1:
-            raise InvalidConfigError(
-                "modules", "StackedPopulation", "at least one module", len(modules)
-            )
+            raise InvalidConfigError("modules", "StackedPopulation", "at least one module", len(modules))
         first = modules[0]
         self.size = len(modules)
         self.device = torch.device(device) if device is not None else _module_device(first)
-        self.template, self.dropout_modules = make_template(
-            first, member_dropout="dropout" in tensor_hparams
-        )
+        self.template, self.dropout_modules = make_template(first, member_dropout="dropout" in tensor_hparams)
 
         trainable = [(n, p) for n, p in first.named_parameters() if p.requires_grad]
         frozen = [(n, p) for n, p in first.named_parameters() if not p.requires_grad]
         if not trainable:
-            raise InvalidConfigError(
-                "model", "vectorized", "a module with trainable parameters", type(first).__name__
-            )
+            raise InvalidConfigError("model", "vectorized", "a module with trainable parameters", type(first).__name__)
         dtypes = {p.dtype for _, p in trainable}
         if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
             raise InvalidConfigError(
@@ -101,28 +95,20 @@ class StackedPopulation:
                 named = dict(module.named_parameters())
                 _check_same_architecture(index, named, first)
                 rows.append(
-                    torch.cat(
-                        [
-                            named[n].detach().reshape(-1).to(self.device, self.dtype)
-                            for n in self.param_names
-                        ]
-                    )
+                    torch.cat([named[n].detach().reshape(-1).to(self.device, self.dtype) for n in self.param_names])
                 )
             self.params = torch.stack(rows).contiguous()
             const_names = [n for n, _ in frozen] + [n for n, _ in first.named_buffers()]
             self.constants: dict[str, torch.Tensor] = {}
             for name in const_names:
                 values = [_get_tensor(m, name) for m in modules]
-                self.constants[name] = torch.stack(
-                    [v.detach().to(self.device) for v in values]
-                ).contiguous()
+                self.constants[name] = torch.stack([v.detach().to(self.device) for v in values]).contiguous()
         self._grad_scratch: torch.Tensor | None = None
 
         self.optimizer = optimizer.create(self.size, self.dim, device=self.device, dtype=self.dtype)
         self.tensor_hparam_names = tuple(tensor_hparams)
         self.hp_tensors: dict[str, torch.Tensor] = {
-            name: torch.zeros(self.size, device=self.device, dtype=self.dtype)
-            for name in self.tensor_hparam_names
+            name: torch.zeros(self.size, device=self.device, dtype=self.dtype) for name in self.tensor_hparam_names
         }
         self.hparams: list[dict[str, Any]] = [{} for _ in range(self.size)]
         self._param_views = self._split(self.params)
@@ -136,7 +122,7 @@ class StackedPopulation:
         rows = flat.shape[0]
         return {
             name: flat[:, self.param_offsets[i] : self.param_offsets[i + 1]].view(rows, *shape)
-            for i, (name, shape) in enumerate(zip(self.param_names, self.param_shapes))
+            for i, (name, shape) in enumerate(zip(self.param_names, self.param_shapes, strict=True))
         }
 
     def _constants(self, rows: slice) -> dict[str, torch.Tensor]:
@@ -195,9 +181,7 @@ class StackedPopulation:
     def forward(self, inputs: Any, rows: slice, *, train: bool = False) -> Any:
         """Outputs of the members in ``rows`` for ``inputs`` shared by all of them (eval mode by default)."""
         self._mode(train)
-        return self._forward_fn(
-            {n: v[rows] for n, v in self._param_views.items()}, self._constants(rows), inputs
-        )
+        return self._forward_fn({n: v[rows] for n, v in self._param_views.items()}, self._constants(rows), inputs)
 
     def _mode(self, train: bool) -> None:
         if self._training is not train:  # train()/eval() walk every submodule: only on a change
@@ -206,10 +190,12 @@ class StackedPopulation:
 
     # -- population operations ------------------------------------------------------------------
     @torch.no_grad()
-    def copy_members(self, donors: Sequence[int], receivers: Sequence[int]) -> None:
+    def copy_members(self, donors: Sequence[int], receivers: Sequence[int], *, copy_hparams: bool = True) -> None:
         """Each receiver takes its donor's parameters, buffers, optimizer state and hyperparameters.
 
-        All copies read the state from before the call (a member may give and receive at once).
+        With ``copy_hparams=False`` the receivers keep their own hyperparameters (weights-only
+        exploit). All copies read the state from before the call (a member may give and receive
+        at once).
         """
         if len(donors) != len(receivers):
             raise ValueError("donors and receivers must have the same length")
@@ -220,11 +206,13 @@ class StackedPopulation:
         self.params[dst] = self.params[src]
         for tensor in self.constants.values():
             tensor[dst] = tensor[src]
+        self.optimizer.copy_members(src, dst)
+        if not copy_hparams:
+            return
         for tensor in self.hp_tensors.values():
             tensor[dst] = tensor[src]
-        self.optimizer.copy_members(src, dst)
         old = [dict(self.hparams[d]) for d in donors]
-        for receiver, hparams in zip(receivers, old):
+        for receiver, hparams in zip(receivers, old, strict=True):
             self.optimizer.set_member(receiver, hparams)
             self.hparams[receiver] = hparams
 
@@ -267,21 +255,17 @@ class StackedPopulation:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         where = "population checkpoint"
         if state.get("size") != self.size:
-            raise InvalidConfigError(
-                "population", where, f"{self.size} members (this run's size)", state.get("size")
-            )
-        if list(state.get("param_names", [])) != self.param_names or [
-            list(s) for s in self.param_shapes
-        ] != [list(s) for s in state.get("param_shapes", [])]:
+            raise InvalidConfigError("population", where, f"{self.size} members (this run's size)", state.get("size"))
+        if list(state.get("param_names", [])) != self.param_names or [list(s) for s in self.param_shapes] != [
+            list(s) for s in state.get("param_shapes", [])
+        ]:
             raise InvalidConfigError(
                 "model",
                 where,
                 "the same parameters as model_fn() builds",
                 list(state.get("param_names", []))[:5],
             )
-        if set(state["constants"]) != set(self.constants) or set(state["hp_tensors"]) != set(
-            self.hp_tensors
-        ):
+        if set(state["constants"]) != set(self.constants) or set(state["hp_tensors"]) != set(self.hp_tensors):
             raise InvalidConfigError(
                 "buffers",
                 where,
@@ -330,16 +314,12 @@ def _state_key_map(module: nn.Module) -> OrderedDict[str, tuple[str, str]]:
     out: OrderedDict[str, tuple[str, str]] = OrderedDict()
     for key, tensor in module.state_dict(keep_vars=True).items():
         if id(tensor) not in by_id:
-            raise InvalidConfigError(
-                key, "model state_dict", "a parameter or buffer of the module", key
-            )
+            raise InvalidConfigError(key, "model state_dict", "a parameter or buffer of the module", key)
         out[key] = by_id[id(tensor)]
     return out
 
 
-def _check_same_architecture(
-    index: int, named: Mapping[str, torch.Tensor], first: nn.Module
-) -> None:
+def _check_same_architecture(index: int, named: Mapping[str, torch.Tensor], first: nn.Module) -> None:
     reference = dict(first.named_parameters())
     if list(named) != list(reference) or any(named[n].shape != reference[n].shape for n in named):
         raise InvalidConfigError(

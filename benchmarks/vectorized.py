@@ -1,0 +1,325 @@
+"""Vectorized engine vs. the process engine vs. a sequential loop, on the digits MLP (64-128-10).
+
+A *member-step* is one minibatch SGD update (batch 64) of one member. All three ways run the
+same PBT workload: a PBT step is ``--batches`` minibatch updates followed by an evaluation on
+the validation set (360 samples) and a score; members are ready every ``--interval`` PBT steps
+(truncation 25%, perturb-or-resample); ``--steps`` PBT steps per member.
+
+(a) vectorized: ``pbtune.vectorized.train`` in one process (sqlite store, population
+    checkpoint at every ready point), at 1 and 2 torch threads.
+(b) process engine: ``pbtune.run`` with 2 worker processes (1 torch thread each) and the
+    example trainable ``examples/digits_mlp.py:DigitsMLP`` (its ``batches_per_step`` = ``--batches``).
+(c) sequential: a plain loop over members in one process (1 thread), PBT decisions with the
+    same strategies in memory (no store, no checkpoints: this favours (c)).
+
+Every measurement runs in a fresh subprocess; the figures are wall-clock member-steps per
+second of the whole run (for (b) including starting its workers; its steady state, from the
+store's score times, is printed too) and peak resident memory (for (b): driver + workers).
+
+    python benchmarks/vectorized.py [--populations 8 32 128] [--batches 50] [--steps 6] [--interval 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 0.5, "log": True},
+    "momentum": {"type": "float", "low": 0.0, "high": 0.99},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+}
+EXPLOIT = {"name": "truncation", "quantile": 0.25}
+EXPLORE = {"name": "perturb_or_resample", "resample_probability": 0.25}
+BATCH = 64
+
+
+def _digits() -> Any:
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import digits_mlp
+
+    return digits_mlp
+
+
+def _rss_mib(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: KiB
+
+
+# -- the three ways (each runs in its own subprocess) ---------------------------------------------
+def run_vectorized(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    import torch
+
+    import pbtune.vectorized as pv
+
+    torch.set_num_threads(args.threads)
+    digits = _digits()
+    x, y, xv, yv = digits.digits_split()
+    started = time.perf_counter()
+    result = pv.train(
+        digits.make_mlp,
+        SPACE,
+        population=args.population,
+        data=(x, y),
+        eval_data=(xv, yv),
+        batch_size=BATCH,
+        batches_per_step=args.batches,
+        steps=args.steps,
+        ready={"interval": args.interval},
+        exploit=EXPLOIT,
+        explore=EXPLORE,
+        mode="max",
+        name="bench-vec",
+        seed=0,
+        storage=f"sqlite:///{workdir}/pbt.db",
+        checkpoints=os.path.join(workdir, "ck"),
+    )
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "member_steps": result.member_steps,
+        "best": result.best.score,
+        "chunks": result.chunk_plan.chunks if result.chunk_plan else 1,
+        "peak_rss_mib": _rss_mib(resource.RUSAGE_SELF),
+    }
+
+
+def run_process(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    import pbtune
+
+    storage = f"sqlite:///{workdir}/pbt.db"
+    started = time.perf_counter()
+    result = pbtune.run(
+        os.path.join(ROOT, "examples", "digits_mlp.py") + ":DigitsMLP",
+        name="bench-proc",
+        progress=False,
+        space=SPACE,
+        population=args.population,
+        workers=2,
+        budget=args.steps,
+        ready={"interval": args.interval},
+        exploit=EXPLOIT,
+        explore=EXPLORE,
+        mode="max",
+        seed=0,
+        trainable_args={"batch_size": BATCH, "batches_per_step": args.batches},
+        storage=storage,
+        checkpoints=os.path.join(workdir, "ck"),
+    )
+    wall = time.perf_counter() - started
+    scores = pbtune.open_store(storage).scores("bench-proc")
+    first = min(s.time for s in scores)
+    later = [s for s in scores if s.time > first]
+    span = max(s.time for s in scores) - first
+    steady = len(later) * args.batches / span if span > 0 else float("nan")
+    driver, workers = _rss_mib(resource.RUSAGE_SELF), _rss_mib(resource.RUSAGE_CHILDREN)
+    return {
+        "wall_s": wall,
+        "member_steps": args.population * args.steps * args.batches,
+        "best": result.best.score,
+        "steady_steps_per_s": steady,
+        "peak_rss_mib": driver + 2 * workers,
+    }  # RUSAGE_CHILDREN: the largest worker
+
+
+def run_sequential(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    del workdir
+    import torch
+    import torch.nn.functional as F
+
+    from pbtune import Space
+    from pbtune.member import decision_rng
+    from pbtune.strategies import Exploit, PerturbOrResample, Ready, Truncation
+    from pbtune.types import MemberRecord, MemberState
+
+    torch.set_num_threads(1)
+    digits = _digits()
+    x, y, xv, yv = digits.digits_split()
+    space, ready = Space(SPACE), Ready(interval=args.interval)
+    exploit = Truncation(quantile=EXPLOIT["quantile"])
+    explore = PerturbOrResample(resample_probability=EXPLORE["resample_probability"])
+    started = time.perf_counter()
+    init = random.Random("0:init")  # the same initial hyperparameters as the engines
+    hparams = [space.sample(init) for _ in range(args.population)]
+    torch.manual_seed(0)
+    models = [digits.make_mlp() for _ in range(args.population)]
+    opts = [
+        torch.optim.SGD(m.parameters(), lr=h["lr"], momentum=h["momentum"], weight_decay=h["weight_decay"])
+        for m, h in zip(models, hparams, strict=True)
+    ]
+    generator = torch.Generator().manual_seed(0)
+    scores = [0.0] * args.population
+    last_ready = [0] * args.population
+    for step in range(1, args.steps + 1):
+        for i, (model, opt) in enumerate(zip(models, opts, strict=True)):
+            model.train()
+            for _ in range(args.batches):
+                index = torch.randint(len(x), (BATCH,), generator=generator)
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x[index]), y[index]).backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                scores[i] = float((model(xv).argmax(dim=1) == yv).float().mean())
+        if step >= args.steps:
+            break
+        snapshot = [
+            MemberRecord(
+                "seq",
+                i,
+                MemberState.RUNNING,
+                step,
+                hparams[i],
+                score=scores[i],
+                score_step=step,
+                checkpoint="memory",
+                checkpoint_step=step,
+                last_ready_step=last_ready[i],
+            )
+            for i in range(args.population)
+        ]
+        states = [
+            (copy.deepcopy(m.state_dict()), copy.deepcopy(o.state_dict())) for m, o in zip(models, opts, strict=True)
+        ]
+        for i in range(args.population):
+            if not ready.is_ready(snapshot[i]):
+                continue
+            last_ready[i] = step
+            decision = exploit.decide(snapshot, i, decision_rng(0, i, step, "exploit"), mode="max")
+            if isinstance(decision, Exploit):
+                models[i].load_state_dict(states[decision.donor_id][0])
+                opts[i].load_state_dict(states[decision.donor_id][1])
+                hparams[i], _ = explore.explore(hparams[decision.donor_id], space, decision_rng(0, i, step, "explore"))
+                for group in opts[i].param_groups:
+                    group.update(
+                        lr=hparams[i]["lr"], momentum=hparams[i]["momentum"], weight_decay=hparams[i]["weight_decay"]
+                    )
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "member_steps": args.population * args.steps * args.batches,
+        "best": max(scores),
+        "peak_rss_mib": _rss_mib(resource.RUSAGE_SELF),
+    }
+
+
+WAYS = {"vectorized": run_vectorized, "process": run_process, "sequential": run_sequential}
+
+
+def child(args: argparse.Namespace) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    with tempfile.TemporaryDirectory() as workdir:
+        figures = WAYS[args.way](args, workdir)
+    figures["steps_per_s"] = figures["member_steps"] / figures["wall_s"]
+    print(json.dumps(figures))
+
+
+def measure(way: str, population: int, args: argparse.Namespace, threads: int = 1) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        way,
+        "--population",
+        str(population),
+        "--threads",
+        str(threads),
+        "--batches",
+        str(args.batches),
+        "--steps",
+        str(args.steps),
+        "--interval",
+        str(args.interval),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"{way} at population {population} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--populations", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--batches", type=int, default=50, help="minibatch updates per PBT step")
+    parser.add_argument("--steps", type=int, default=6, help="PBT steps per member")
+    parser.add_argument("--interval", type=int, default=2, help="ready interval in PBT steps")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per figure; the fastest is kept")
+    parser.add_argument("--child", choices=sorted(WAYS), help=argparse.SUPPRESS)
+    parser.add_argument("--population", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.way = args.child
+        child(args)
+        return
+
+    print(
+        f"digits MLP 64-128-10, batch {BATCH}; a PBT step = {args.batches} minibatch updates + evaluation; "
+        f"ready every {args.interval} steps; {args.steps} steps per member; cpu count {os.cpu_count()}"
+    )
+    print("member-step = one minibatch SGD update of one member; figures are member-steps per second (wall)\n")
+    header = f"{'pop':>5} {'way':<22} {'steps/s':>10} {'wall s':>8} {'peak MiB':>9} {'best acc':>9}  note"
+    print(header)
+    print("-" * len(header))
+    summary: dict[str, dict[str, Any]] = {}
+    for population in args.populations:
+        rows: dict[str, dict[str, Any]] = {}
+        plan = [
+            ("vectorized x1 thread", "vectorized", 1),
+            ("vectorized x2 threads", "vectorized", 2),
+            ("process, 2 workers", "process", 1),
+            ("sequential, 1 thread", "sequential", 1),
+        ]
+        for label, way, threads in plan:
+            runs = [measure(way, population, args, threads) for _ in range(args.repeat)]
+            rows[label] = max(runs, key=lambda r: r["steps_per_s"])
+            r = rows[label]
+            note = ""
+            if way == "process":
+                note = f"steady state {r['steady_steps_per_s']:.0f} steps/s (after worker start-up)"
+            elif way == "vectorized":
+                note = f"{r['chunks']} chunk(s)"
+            print(
+                f"{population:>5} {label:<22} {r['steps_per_s']:>10.0f} {r['wall_s']:>8.2f} "
+                f"{r['peak_rss_mib']:>9.0f} {r['best']:>9.3f}  {note}"
+            )
+        vec1, vec2 = rows["vectorized x1 thread"], rows["vectorized x2 threads"]
+        proc, seq = rows["process, 2 workers"], rows["sequential, 1 thread"]
+        best_vec = max(vec1["steps_per_s"], vec2["steps_per_s"])
+        print(
+            f"{'':>5} ratios: vectorized(best of 1/2 threads) / sequential = {best_vec / seq['steps_per_s']:.1f}x, "
+            f"/ process = {best_vec / proc['steps_per_s']:.1f}x "
+            f"(/ process steady state = {best_vec / proc['steady_steps_per_s']:.1f}x); "
+            f"1 thread: {vec1['steps_per_s'] / seq['steps_per_s']:.1f}x / "
+            f"{vec1['steps_per_s'] / proc['steps_per_s']:.1f}x\n"
+        )
+        summary[str(population)] = {
+            "vectorized_steps_per_s": round(best_vec, 1),
+            "vectorized_1thread_steps_per_s": round(vec1["steps_per_s"], 1),
+            "vectorized_2threads_steps_per_s": round(vec2["steps_per_s"], 1),
+            "process_steps_per_s": round(proc["steps_per_s"], 1),
+            "process_steady_steps_per_s": round(proc["steady_steps_per_s"], 1),
+            "sequential_steps_per_s": round(seq["steps_per_s"], 1),
+            "vectorized_over_sequential": round(best_vec / seq["steps_per_s"], 2),
+            "vectorized_over_process": round(best_vec / proc["steps_per_s"], 2),
+            "peak_rss_mib": {
+                "vectorized": round(max(vec1["peak_rss_mib"], vec2["peak_rss_mib"])),
+                "process": round(proc["peak_rss_mib"]),
+                "sequential": round(seq["peak_rss_mib"]),
+            },
+        }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
