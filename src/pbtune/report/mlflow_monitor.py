@@ -12,10 +12,10 @@ Example::
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pbtune.config import RunConfig
+from pbtune.report._throttle import Throttle
 from pbtune.report.data import RunData, load_run, scalar_points
 from pbtune.store.base import PopulationStore
 
@@ -38,7 +38,8 @@ class MLflowMonitor:
     Args:
         tracking_uri: MLflow tracking URI (default: MLflow's own default / ``MLFLOW_TRACKING_URI``).
         experiment: experiment name (default: the PBT run's name); created if missing.
-        min_interval: seconds between two reads of the store.
+        min_interval: seconds between two reads of the store (also spaced so that reading
+            takes at most a tenth of the time).
     """
 
     def __init__(self, *, tracking_uri: str | None = None, experiment: str | None = None,
@@ -51,7 +52,7 @@ class MLflowMonitor:
         self.member_runs: dict[int, str] = {}
         self._last_step: dict[int, int] = {}
         self._seen_events: set[int] = set()
-        self._last_sync = -float("inf")
+        self._throttle = Throttle(min_interval)
         self._source: tuple[PopulationStore, str] | None = None
 
     def _start(self, data: RunData) -> None:
@@ -109,11 +110,8 @@ class MLflowMonitor:
 
     def update(self, store: PopulationStore, config: RunConfig) -> None:
         self._source = (store, config.name)
-        now = time.monotonic()
-        if now - self._last_sync < self.min_interval:
-            return
-        self._last_sync = now
-        self.sync(load_run(store, config.name))
+        if self._throttle.due():
+            self._throttle.run(lambda: self.sync(load_run(store, config.name)))
 
     def close(self) -> None:
         """Log what the last throttled update skipped and end the MLflow runs."""

@@ -16,10 +16,10 @@ Example::
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from pbtune.config import DEFAULT_DIR, RunConfig
+from pbtune.report._throttle import Throttle
 from pbtune.report.data import RunData, load_run, scalar_points
 from pbtune.store.base import PopulationStore
 
@@ -87,7 +87,8 @@ class TensorBoardMonitor:
     Args:
         logdir: root folder; the run's data goes to ``<logdir>/<run>/member-NNN``.
         min_interval: seconds between two reads of the store (the runner calls ``update``
-            about five times a second; every read loads the run's scores).
+            about five times a second; every read loads the run's scores, so reads are also
+            spaced to take at most a tenth of the time).
         flush_secs: how often tensorboardX flushes its queue to disk.
 
     Example::
@@ -99,16 +100,13 @@ class TensorBoardMonitor:
         self.logdir = logdir
         self.min_interval = min_interval
         self._writer = _Writer(logdir, flush_secs)
-        self._last_sync = -float("inf")
+        self._throttle = Throttle(min_interval)
         self._source: tuple[PopulationStore, str] | None = None
 
     def update(self, store: PopulationStore, config: RunConfig) -> None:
         self._source = (store, config.name)
-        now = time.monotonic()
-        if now - self._last_sync < self.min_interval:
-            return
-        self._last_sync = now
-        self._writer.sync(load_run(store, config.name))
+        if self._throttle.due():
+            self._throttle.run(lambda: self._writer.sync(load_run(store, config.name)))
 
     def close(self) -> None:
         """Write what the last throttled ``update`` skipped, then close the event files."""
