@@ -13,10 +13,21 @@ import httpx
 
 from pbtune.server.errors import ServerUnavailableError, error_from_wire
 
-__all__ = ["RetryingTransport", "TRANSIENT_STATUS"]
+__all__ = ["RetryingTransport", "TRANSIENT_STATUS", "tls_verify"]
 
 # 502-504: a proxy or a restarting server; 503 is also the server's "store unavailable".
 TRANSIENT_STATUS = frozenset({502, 503, 504})
+
+
+def tls_verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx's ``verify`` from True/False, a CA bundle file or folder, or an SSL context."""
+    if isinstance(verify, str):
+        import os
+
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    return verify
 
 
 class RetryingTransport:

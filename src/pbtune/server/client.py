@@ -39,7 +39,7 @@ import httpx
 from pbtune.checkpoints import _local_digest  # the checksum the checkpoint store records
 from pbtune.errors import CheckpointError, CorruptCheckpointError, InvalidConfigError, PBTuneError
 from pbtune.member import Donor
-from pbtune.server._http import RetryingTransport
+from pbtune.server._http import RetryingTransport, tls_verify
 from pbtune.server._wire import float_from_wire, float_to_wire, metrics_to_wire
 from pbtune.server.errors import ServerError
 from pbtune.server.space_files import load_space_file
@@ -110,7 +110,7 @@ class PBTClient:
         self._space = load_space_file(config_path).to_config() if config_path else None
         self._identity_file = identity_file
         self._http = httpx.Client(
-            base_url=self.base_url, headers={"Authorization": f"Bearer {key}"}, verify=verify,
+            base_url=self.base_url, headers={"Authorization": f"Bearer {key}"}, verify=tls_verify(verify),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         )
         self._transport = RetryingTransport(self._http, retry_seconds=retry_seconds)

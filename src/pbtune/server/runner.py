@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -140,7 +141,7 @@ class PBTServer:
             ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile, timeout_keep_alive=30,
             access_log=self.log_level in ("debug", "trace"),
         )
-        sock = config.bind_socket()
+        sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         return uvicorn.Server(config), sock
 
@@ -228,6 +229,25 @@ def _template(
     template = RunConfig.from_dict({**template, "space": _DUMMY_SPACE}).to_dict()  # validate every field now
     template["space"] = None  # comes with the first client
     return template
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose accepted connections get TCP_NODELAY.
+
+    asyncio sets TCP_NODELAY only on sockets whose ``proto`` is IPPROTO_TCP, and accepted
+    sockets inherit it from the listening one; uvicorn's own socket has proto 0, and Nagle's
+    algorithm then holds each response body until the client's delayed ACK (~40 ms a request).
+    """
+    family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise PBTuneError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def _default_upload_dir(template: Mapping[str, Any]) -> str:

@@ -78,12 +78,12 @@ class PopulationService:
         store: PopulationStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._template = dict(template)
-        self.run_name: str = self._template["name"]
+        self.template = dict(template)
+        self.run_name: str = self.template["name"]
         self.uploads = uploads
         self.shared_roots = tuple(os.path.realpath(root) for root in shared_roots)
         self._clock = clock
-        self.store = store if store is not None else open_store(self._template["storage"])
+        self.store = store if store is not None else open_store(self.template["storage"])
         self._create_lock = threading.Lock()
         self._locks: dict[int, threading.Lock] = {}
         self._handles: dict[int, tuple[str | None, Member]] = {}
@@ -97,12 +97,12 @@ class PopulationService:
         try:
             stored = dict(self.store.get_run(self.run_name).config)
         except NotFoundError:
-            if self._template.get("space") is not None:
-                self._open(RunConfig.from_dict(self._template))
+            if self.template.get("space") is not None:
+                self._open(RunConfig.from_dict(self.template))
             return
-        stored["storage"] = self._template["storage"]
-        stored["checkpoints"] = self._template["checkpoints"]
-        ignored = sorted(k for k, v in self._template.items()
+        stored["storage"] = self.template["storage"]
+        stored["checkpoints"] = self.template["checkpoints"]
+        ignored = sorted(k for k, v in self.template.items()
                          if k not in ("storage", "checkpoints") and v is not None and stored.get(k) != v)
         if ignored:
             log.warning("run %r already exists in the store: its stored settings win over the server's %s",
@@ -125,7 +125,7 @@ class PopulationService:
                 )
             with self._create_lock:
                 if self._population is None:
-                    template = {**self._template, "space": Space(space).to_config()}
+                    template = {**self.template, "space": Space(space).to_config()}
                     self._open(RunConfig.from_dict(template))
                     log.info("created run %r from the space of the first client", self.run_name)
         assert self._population is not None
@@ -388,11 +388,11 @@ class PopulationService:
             "protocol": PROTOCOL_VERSION,
             "run": self.run_name,
             "created": config is not None,
-            "mode": config.mode if config else self._template.get("mode"),
-            "population": config.population if config else self._template.get("population"),
-            "budget": config.budget if config else self._template.get("budget"),
+            "mode": config.mode if config else self.template.get("mode"),
+            "population": config.population if config else self.template.get("population"),
+            "budget": config.budget if config else self.template.get("budget"),
             "ready_interval": config.ready.interval if config else None,
-            "lease_seconds": config.lease_seconds if config else self._template.get("lease_seconds"),
+            "lease_seconds": config.lease_seconds if config else self.template.get("lease_seconds"),
             "space": config.space.to_config() if config else None,
             "shared_roots": list(self.shared_roots),
             "max_upload_bytes": self.uploads.max_bytes,

@@ -40,9 +40,11 @@ def fetch_population(url: str, auth_key: str, *, verify: bool | str = True, time
         AuthenticationError: wrong key.
     """
     httpx = require_extra("httpx")
+    from pbtune.server._http import tls_verify
+
     try:
         response = httpx.get(f"{url.rstrip('/')}/population", headers={"Authorization": f"Bearer {auth_key}"},
-                             verify=verify, timeout=timeout)
+                             verify=tls_verify(verify), timeout=timeout)
     except httpx.TransportError as exc:
         raise ServerUnavailableError(f"cannot reach the pbtune server at {url}: {exc}") from exc
     if not response.is_success:
