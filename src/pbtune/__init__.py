@@ -15,6 +15,7 @@ from pbtune.errors import (
 )
 from pbtune.lineage import ScheduleEntry, schedule
 from pbtune.member import Donor, Member, Population
+from pbtune.report.replay import replay
 from pbtune.space import Choice, Float, Int, Space
 from pbtune.store import PopulationStore, open_store
 from pbtune.strategies import (
@@ -66,6 +67,7 @@ __all__ = [
     "Worker",
     "load_config",
     "open_store",
+    "replay",
     "run",
     "schedule",
 ]

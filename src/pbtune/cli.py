@@ -48,12 +48,12 @@ def run(
     storage: str | None = typer.Option(None, help="Override the population store URL."),
     checkpoints: str | None = typer.Option(None, help="Override the checkpoint folder/URL."),
     name: str | None = typer.Option(None, help="Override the run name."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress display (for CI logs)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain progress lines instead of a live view (CI logs)."),
 ) -> None:
     """Run (or resume) the population described by CONFIG on local worker processes."""
     try:
         cfg = load_config(config, workers=workers, storage=storage, checkpoints=checkpoints, name=name)
-        result = run_population(config=cfg, progress=not quiet)
+        result = run_population(config=cfg, progress="quiet" if quiet else True)
     except PBTuneError as exc:
         _fail(str(exc))
         return
@@ -173,7 +173,7 @@ def demo(workers: int = typer.Option(2, help="Worker processes."),
         trainable="pbtune.testing.trainables:Quadratic", trainable_args={"step_seconds": 0.02},
     )
     try:
-        result = run_population(config=cfg, progress=not quiet)
+        result = run_population(config=cfg, progress="quiet" if quiet else True)
     except PBTuneError as exc:
         _fail(str(exc))
         return

@@ -93,7 +93,7 @@ def run(
     trainable: type[Trainable] | str | None = None,
     config: RunConfig | None = None,
     *,
-    progress: bool = True,
+    progress: bool | str = True,
     max_restarts: int | None = None,
     monitors: Sequence[Monitor] = (),
     initial: Sequence[Mapping[str, Any]] = (),
@@ -105,7 +105,8 @@ def run(
         trainable: a :class:`Trainable` subclass (importable by module, for the worker
             processes) or ``"module:Class"``; defaults to ``config.trainable``.
         config: a :class:`RunConfig`; or pass its fields as keywords.
-        progress: show a live progress bar (rich).
+        progress: ``True``: a live table of members and a progress bar with ETA (rich);
+            ``"quiet"``: one plain progress line every 10 s (CI logs); ``False``: nothing.
         max_restarts: worker processes restarted after they die (default ``3 * workers``).
         monitors: objects with ``update(store, config)`` and ``close()``, called about five
             times a second while the run goes on (live TensorBoard, dashboards).
@@ -143,7 +144,9 @@ def run(
     procs = [start(i) for i in range(config.workers)]
     watchers: list[Monitor] = list(monitors)
     if progress:
-        watchers.insert(0, _Progress(config, population.store))
+        from pbtune.report.live import LiveDisplay
+
+        watchers.insert(0, LiveDisplay(quiet=progress == "quiet"))
     try:
         while True:
             for watcher in watchers:
@@ -193,28 +196,3 @@ class Monitor(Protocol):
     def update(self, store: PopulationStore, config: RunConfig) -> None: ...
 
     def close(self) -> None: ...
-
-
-class _Progress:
-    """A rich progress bar fed from the store: member-steps done out of population x budget."""
-
-    def __init__(self, config: RunConfig, store: PopulationStore) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._config, self._store = config, store
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("best {task.fields[best]}"), TimeRemainingColumn(), transient=False,
-        )
-        self._task = self._progress.add_task(config.name, total=config.population * config.budget, best="-")
-        self._progress.start()
-
-    def update(self, store: PopulationStore, config: RunConfig) -> None:
-        members = store.list_members(config.name)
-        scored = ranked(members, self._config.mode)
-        best = f"{scored[0].score:.5g} (member {scored[0].member_id})" if scored else "-"
-        done = sum(self._config.budget if m.state.is_final else m.step for m in members)
-        self._progress.update(self._task, completed=done, best=best)
-
-    def close(self) -> None:
-        self._progress.stop()
