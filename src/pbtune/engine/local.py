@@ -7,6 +7,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -73,15 +74,14 @@ def summarize(config: RunConfig, store: PopulationStore, checkpoints: Checkpoint
 
 def worker_main(config_dict: Mapping[str, Any], trainable: type[Trainable] | str, worker_id: str) -> None:
     """Entry point of a local worker process."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: oversubscription is ~10x slower
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
+    # One thread per worker: oversubscribed torch/BLAS threads make training ~10x slower. The
+    # variables cover libraries imported later; torch itself is only touched if the trainable uses it.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
     config = RunConfig.from_dict(config_dict)
     cls = load_trainable(trainable) if isinstance(trainable, str) else trainable
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     stats = Worker(config, cls, worker_id=worker_id).run()
     stats_dir = os.environ.get("PBTUNE_WORKER_STATS_DIR")  # diagnostics hook used by benchmarks/
     if stats_dir:
