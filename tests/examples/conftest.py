@@ -49,6 +49,8 @@ def example_path(*parts: str) -> str:
 
 def run_config(config: pbtune.RunConfig) -> Outcome:
     """Create the population and drive it with one in-process worker until every member finishes."""
+    if config.storage.startswith("sqlite:///"):  # pbtune.run makes this folder; Population does not
+        os.makedirs(os.path.dirname(config.storage[len("sqlite:///"):]) or ".", exist_ok=True)
     population = pbtune.Population(config)
     pbtune.Worker(config, load_trainable(str(config.trainable))).run()
     store = population.store
