@@ -75,13 +75,6 @@ def _chaos(storage: str, tmp_path: Path, *, population: int, workers: int, budge
     return kills, pop
 
 
-def test_chaos_quick(tmp_path: Path) -> None:
-    kills, pop = _chaos(f"sqlite:///{tmp_path}/pbt.db", tmp_path, population=4, workers=2, budget=30,
-                        kill_every=3.0, max_kills=2, deadline_s=150)
-    assert kills >= 1
-    assert any(e.kind == "resume" for e in pop.store.events("chaos"))  # a killed worker's member moved on
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_chaos_three_workers_twelve_members(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -124,7 +117,7 @@ def _hammer(storage: str, processes: int, reports: int, increments: int) -> None
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_concurrent_writers_lose_no_update_quick(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    _hammer(_storage(kind, tmp_path, request), processes=4, reports=100, increments=20)
+    _hammer(_storage(kind, tmp_path, request), processes=3, reports=60, increments=15)
 
 
 @pytest.mark.slow
@@ -165,7 +158,7 @@ def _drop_connections_run(pg_admin: str, pg_url: str, tmp_path: Path, *, populat
 
 
 def test_workers_reconnect_when_postgres_drops_connections(pg_admin: str, pg_url: str, tmp_path: Path) -> None:
-    killed = _drop_connections_run(pg_admin, pg_url, tmp_path, population=4, budget=30, every=0.5)
+    killed = _drop_connections_run(pg_admin, pg_url, tmp_path, population=4, budget=20, every=0.4)
     assert killed >= 4  # sessions really were cut while the workers trained
 
 

@@ -48,6 +48,7 @@ def test_actors_train_the_population_with_the_requested_resources(local_ray: obj
     assert any(e.kind == "exploit" for e in store.events("ray"))
 
 
+@pytest.mark.slow
 def test_a_dead_actor_is_replaced_and_its_member_resumed(local_ray: object, tmp_path: Path) -> None:
     config = quadratic_config("ray-dies", f"sqlite:///{tmp_path}/pbt.db", str(tmp_path / "ck"),
                               trainable=f"{PROBES}:DiesOnce", lease_seconds=2.0,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from pbtune.checkpoints import CheckpointStore
 from pbtune.cli import app
 from pbtune.member import Population
 from pbtune.scaleout.commands import parse_options
+from pbtune.store import open_store
 from pbtune.errors import InvalidConfigError
 from pbtune.types import MemberState
 
@@ -27,7 +32,7 @@ def _wait(procs: list, seconds: float) -> None:
 def test_workers_on_postgres_and_s3_finish_the_run(pg_url: str, s3_bucket: str, moto_endpoint: str,
                                                     tmp_path: Path) -> None:
     """The multi-machine setup on loopback: PostgreSQL store, S3 checkpoints, two processes."""
-    config = quadratic_config("ext", pg_url, s3_bucket)
+    config = quadratic_config("ext", pg_url, s3_bucket, budget=15)
     ckpt = CheckpointStore(s3_bucket, endpoint_url=moto_endpoint, cache_dir=str(tmp_path / "cache"))
     population = Population(config, checkpoints=ckpt)
     procs = [start_worker("ext", pg_url, s3_bucket, "-o", f"endpoint_url={moto_endpoint}") for _ in range(2)]
@@ -54,6 +59,25 @@ def test_a_late_worker_waits_for_the_run_and_leaves_when_it_is_done(tmp_path: Pa
         stop_all([early])
     assert early.returncode == 0 and late.returncode == 0
     assert audit(population.store, population.checkpoints, config) == []
+
+
+def test_workers_started_from_one_config_file_create_the_run_once(tmp_path: Path) -> None:
+    """No driver: every task of a SLURM job runs ``pbtune worker --config exp.json``."""
+    config = quadratic_config("fromfile", f"sqlite:///{tmp_path}/pbt.db", str(tmp_path / "ck"), population=3,
+                              budget=10)
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(config.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "pbtune.cli", "worker", "--config", str(path), "--poll", "0.1"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        _wait(procs, 90)
+    finally:
+        stop_all(procs)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr.read().decode()[-1500:] for p in procs if p.stderr]
+    store = open_store(config.storage)
+    assert [r.name for r in store.list_runs()] == ["fromfile"]
+    assert audit(store, CheckpointStore(config.checkpoints), config) == []
 
 
 def test_sigterm_gives_the_member_back_at_once(tmp_path: Path) -> None:

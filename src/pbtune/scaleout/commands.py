@@ -41,8 +41,11 @@ def _fail(message: str) -> None:
 
 
 def worker(
-    run: str = typer.Option(..., "--run", "-r", help="Name of the run to join (it must exist in the store)."),
-    storage: str = typer.Option(..., "--storage", "-s", help="SQLAlchemy URL of the population store."),
+    run: Optional[str] = typer.Option(None, "--run", "-r", help="Name of a run in the store to join."),
+    config: Optional[str] = typer.Option(
+        None, "--config", help="Run config (JSON/YAML): create the run if the store lacks it, then join."),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", "-s", help="SQLAlchemy URL of the population store (default with --config: its own)."),
     checkpoints: Optional[str] = typer.Option(
         None, "--checkpoints", "-c", help="Checkpoint folder or fsspec URL (default: the run's)."),
     trainable: Optional[str] = typer.Option(
@@ -55,15 +58,23 @@ def worker(
     poll: float = typer.Option(0.5, "--poll", help="Seconds between claims while no member is free."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log lease and exploit activity."),
 ) -> None:
-    """Train members of RUN until the whole population is done (start as many as you like, anywhere)."""
+    """Train members of a run until the whole population is done (start as many as you like, anywhere)."""
+    from pbtune.config import load_config
     from pbtune.scaleout.worker import Stopped, run_worker
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         options = parse_options(checkpoint_option, "--checkpoint-option")
+        create = None
+        if config is not None:
+            create = load_config(config, storage=storage, checkpoints=checkpoints, name=run)
+            run, storage = create.name, create.storage
+        if run is None or storage is None:
+            raise InvalidConfigError("--run/--storage", "pbtune worker", "given (or use --config FILE)",
+                                     run if storage else storage)
         stats = run_worker(run, storage, checkpoints=checkpoints, trainable=trainable, worker_id=worker_id,
-                           storage_options=options, wait_seconds=wait, poll_seconds=poll)
+                           storage_options=options, wait_seconds=wait, poll_seconds=poll, create_from=create)
     except Stopped as stop:
         console.print(f"worker stopped by signal {stop.signum}; its members are free for other workers")
         raise typer.Exit(code=128 + stop.signum) from None

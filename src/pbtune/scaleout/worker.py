@@ -21,6 +21,7 @@ from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.engine.worker import Worker, WorkerStats, load_trainable
 from pbtune.errors import InvalidConfigError, NotFoundError
+from pbtune.member import Population
 from pbtune.store import open_store
 from pbtune.store.base import PopulationStore
 
@@ -89,6 +90,7 @@ def run_worker(
     storage_options: Mapping[str, Any] | None = None,
     wait_seconds: float = 0.0,
     poll_seconds: float = 0.5,
+    create_from: RunConfig | None = None,
 ) -> WorkerStats:
     """Train members of ``run`` until the whole population is done; return what this worker did.
 
@@ -101,6 +103,8 @@ def run_worker(
         storage_options: fsspec options for the checkpoint store (e.g. ``endpoint_url``).
         wait_seconds: how long to wait for the run to be created.
         poll_seconds: pause between claims while every runnable member is held by others.
+        create_from: create the run from this config if the store lacks it (every worker of a
+            SLURM job may pass the same config; the first one creates, the stored config wins).
 
     Raises:
         Stopped: SIGTERM or SIGINT arrived; this worker's leases were given up first.
@@ -112,6 +116,9 @@ def run_worker(
     limit_threads()
     store = open_store(storage)
     try:
+        if create_from is not None:
+            Population(create_from, store=store,
+                       checkpoints=CheckpointStore(checkpoints or create_from.checkpoints, **dict(storage_options or {})))
         config = join_config(store, run, storage=storage, checkpoints=checkpoints, wait_seconds=wait_seconds)
         target = trainable or config.trainable
         if target is None:

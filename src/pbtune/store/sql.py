@@ -449,6 +449,8 @@ class SQLStore(PopulationStore):
             member = self._load_member(conn, run, member_id, lock=True)
             self._check_not_final(member)
             if member.version != expected_version:
+                if checkpoint is not None and member.checkpoint == checkpoint.key:
+                    return member  # a retry after our commit's answer was lost: the fresh key is ours
                 return None
             values: dict[str, Any] = {"hparams": dict(hparams), "last_ready_step": member.step}
             if checkpoint is not None:
