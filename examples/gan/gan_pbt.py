@@ -192,7 +192,7 @@ def save_grid(images: torch.Tensor, path: str, columns: int = 10) -> str:
 
     rows = -(-len(images) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.6, rows * 0.6))
-    for ax, image in zip(np.ravel(axes), list(images) + [None] * (rows * columns - len(images))):
+    for ax, image in zip(np.ravel(axes), list(images) + [None] * (rows * columns - len(images)), strict=True):
         ax.axis("off")
         if image is not None:
             ax.imshow(image.reshape(8, 8).numpy(), cmap="gray_r", vmin=0, vmax=1)

@@ -73,8 +73,9 @@ def _from_idx(folder: str) -> tuple[Split, Split, Split]:
     xt = _read_idx(_find(folder, "t10k-images-idx3-ubyte")).reshape(-1, 784).astype(np.float32) / 255.0
     yt = _read_idx(_find(folder, "t10k-labels-idx1-ubyte")).astype(np.int64)
     t = torch.from_numpy
-    # The usual 50k/10k train/validation split of the 60k training images.
-    return (t(x[:50000]), t(y[:50000])), (t(x[50000:]), t(y[50000:])), (t(xt), t(yt))
+    # The usual 50k/10k train/validation split of the 60k training images (5/6 : 1/6 for other sizes).
+    cut = len(x) - 10000 if len(x) >= 60000 else len(x) * 5 // 6
+    return (t(x[:cut]), t(y[:cut])), (t(x[cut:]), t(y[cut:])), (t(xt), t(yt))
 
 
 def _from_package() -> tuple[Split, Split, Split]:
@@ -137,7 +138,8 @@ def make_model(kind: str, side: int, hiddens: Any = "256,256", filters: Any = "1
     if kind == "fc":
         width = side * side
         for h in _ints(hiddens):
-            layers += [nn.Linear(width, h)] + ([nn.BatchNorm1d(h)] if batch_norm else []) + [nn.ReLU(), nn.Dropout(dropout)]
+            norm: list[nn.Module] = [nn.BatchNorm1d(h)] if batch_norm else []
+            layers += [nn.Linear(width, h), *norm, nn.ReLU(), nn.Dropout(dropout)]
             width = h
         return nn.Sequential(*layers, nn.Linear(width, 10))
     if kind == "conv":

@@ -66,7 +66,7 @@ def sentence_pairs(path: str = DEFAULT_FILE, min_words: int = 4, max_words: int 
             sides = german.split(" | "), english.split(" | ")
             if len(sides[0]) != len(sides[1]):
                 continue  # alternatives do not line up
-            for de, en in zip(*sides):
+            for de, en in zip(*sides, strict=True):
                 de, en = (_clean(s.split("; ")[0]) for s in (de, en))
                 if not all(s[:1].isupper() and s[-1:] in ".!?" and "/" not in s and "…" not in s for s in (de, en)):
                     continue

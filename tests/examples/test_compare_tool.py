@@ -6,10 +6,9 @@ import importlib.util
 import sys
 
 import pytest
+from conftest import example_path, run_config  # noqa: E402
 
 import pbtune
-
-from conftest import example_path, run_config  # noqa: E402
 
 pytest.importorskip("sklearn")
 

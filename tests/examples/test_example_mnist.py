@@ -56,6 +56,7 @@ def test_data_sources(tmp_path):
     assert len(train[0]) + len(val[0]) + len(test[0]) == 1797
     # A tiny folder of standard idx files is read like the real thing.
     import gzip
+
     import numpy as np
 
     def write(stem, array):
@@ -64,12 +65,12 @@ def test_data_sources(tmp_path):
             handle.write(header + array.astype(np.uint8).tobytes())
 
     rng = np.random.default_rng(0)
-    write("train-images-idx3-ubyte", rng.integers(0, 256, (50010, 28, 28)))
-    write("train-labels-idx1-ubyte", rng.integers(0, 10, 50010))
+    write("train-images-idx3-ubyte", rng.integers(0, 256, (600, 28, 28)))
+    write("train-labels-idx1-ubyte", rng.integers(0, 10, 600))
     write("t10k-images-idx3-ubyte", rng.integers(0, 256, (7, 28, 28)))
     write("t10k-labels-idx1-ubyte", np.arange(7))
     name, train, val, test = mnist.load_data("auto", str(tmp_path))
-    assert name == "mnist-idx" and train[0].shape == (50000, 784) and len(val[0]) == 10
+    assert name == "mnist-idx" and train[0].shape == (500, 784) and len(val[0]) == 100
     assert test[1].tolist() == list(range(7))
     with pytest.raises(pbtune_error()):
         mnist.load_data("nope")

@@ -38,6 +38,6 @@ def test_checkpoint_carries_weights_and_recent_returns(tmp_path):
     b.setup({"lr": 5e-3, "entropy_cost": 0.0, "discount": 0.9})
     b.load(str(tmp_path / "a.pt"))
     assert list(b.returns) == list(a.returns) and b.env_steps == a.env_steps == 256
-    for p, q in zip(a.model.parameters(), b.model.parameters()):
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert bool((p == q).all())
     assert b.evaluate(episodes=1)["greedy_return"] >= 1.0

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import example_path, run_config  # noqa: E402
 
 import pbtune
 from pbtune.legacy import convert_legacy_config, is_legacy_config
-
-from conftest import example_path, run_config  # noqa: E402
 
 SECTIONED = {
     "general": {"model": "conv", "n_filters": "16,32", "seed": 117, "gpus": "0", "train_dir": "/x"},
@@ -90,7 +89,8 @@ def test_shipped_legacy_json_runs_and_improves(tmp_path):
     config = pbtune.RunConfig.from_dict(converted, base_dir=example_path("mnist"))
     out = run_config(config)
     assert out.better(out.best_final, out.best_initial)
-    assert set(out.final) == {0, 1, 2} and all(0.5 <= m.hparams["keep_prob"] <= 0.99 for m in out.store.list_members("legacy"))
+    assert set(out.final) == {0, 1, 2}
+    assert all(0.5 <= m.hparams["keep_prob"] <= 0.99 for m in out.store.list_members("legacy"))
 
 
 def _load_config_understands_legacy() -> bool:
