@@ -71,9 +71,9 @@ def server(
             upload_dir=upload_dir, max_upload_bytes=max(1, int(max_upload_mb * (1 << 20))),
             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level,
         )
-        console.print(f"[bold]pbtune server[/] run [bold]{instance.template['name']}[/] "
-                      f"store {instance.template['storage']} on {instance.url.rsplit(':', 1)[0]}:{port}")
-        instance.serve()
+        instance.serve(announce=lambda url: console.print(
+            f"[bold]pbtune server[/] run [bold]{instance.template['name']}[/] (store {instance.template['storage']})"
+            f" listening on {url}", highlight=False))
     except (PBTuneError, ModuleNotFoundError, OSError) as exc:
         _fail(str(exc))
 

@@ -16,7 +16,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
@@ -145,11 +145,11 @@ class PBTServer:
         self.port = sock.getsockname()[1]
         return uvicorn.Server(config), sock
 
-    def serve(self) -> None:
-        """Serve until interrupted (Ctrl-C or SIGTERM)."""
+    def serve(self, announce: Callable[[str], None] | None = None) -> None:
+        """Serve until interrupted (Ctrl-C or SIGTERM); ``announce`` gets the URL once it is bound."""
         server, sock = self._uvicorn()
         self._server = server
-        log.warning("pbtune server for run %r listening on %s", self.template["name"], self.url)
+        (announce or log.info)(self.url)
         try:
             server.run(sockets=[sock])
         finally:
