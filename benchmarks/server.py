@@ -122,7 +122,8 @@ def run_mode(mode: str, clients: int, duration: float, workdir: str) -> dict[str
     save_s = [x for r in collected for x in r["save_s"]]
     decide_s = [x for r in collected for x in r["decide_s"]]
     calls = save_s + decide_s
-    requests = len(save_s) * (2 if mode == "upload" else 1) + len(decide_s) + sum(r["extra_requests"] for r in collected)
+    per_save = 2 if mode == "upload" else 1
+    requests = per_save * len(save_s) + len(decide_s) + sum(r["extra_requests"] for r in collected)
     return {
         "mode": mode, "clients": clients, "wall_s": wall, "iterations": len(save_s),
         "requests_per_s": requests / wall, "calls_per_s": len(calls) / wall,

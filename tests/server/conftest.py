@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_helpers import KEY
 
 from pbtune.server.client import PBTClient
 from pbtune.server.runner import PBTServer
-
-KEY = "test-key-0123456789"
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_helpers import KEY
 
 from pbtune.config import RunConfig
 from pbtune.member import MemberProtocol
 from pbtune.server.client import PBTClient
 from pbtune.server.runner import PBTServer
 from pbtune.testing.member_suite import MemberConformance, PopulationLike
-
-from conftest import KEY  # noqa: I001
 
 
 class HTTPPopulation:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from server_helpers import free_port
 
 from pbtune.store import SQLStore
 from pbtune.types import MemberState
@@ -21,9 +21,7 @@ RUN = Path(__file__).resolve().parents[2] / "examples" / "server_digits" / "run.
 def test_server_digits_example_trains_four_clients_through_one_server(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     result = subprocess.run(
         [sys.executable, str(RUN), "--epochs", "8", "--port", str(port), "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},

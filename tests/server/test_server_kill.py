@@ -5,27 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from server_helpers import KEY, free_port
 
 from pbtune.store import SQLStore
 from pbtune.types import MemberState
 
-from conftest import KEY  # noqa: I001
-
 STEPS = 30
 CLIENT = Path(__file__).with_name("server_kill_client.py")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start_server(tmp_path: Path, port: int, key_file: Path) -> subprocess.Popen[bytes]:
@@ -62,7 +55,7 @@ def test_sigkilled_server_restarted_on_its_store_loses_no_score(tmp_path: Path) 
     key_file.chmod(0o600)
     space = tmp_path / "space.csv"
     space.write_text("name,min,max,scale\nlr,1e-4,1,log\n")
-    port = _free_port()
+    port = free_port()
     db = f"sqlite:///{tmp_path}/pbt.db"
     server = _start_server(tmp_path, port, key_file)
     clients = [

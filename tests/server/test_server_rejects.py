@@ -10,12 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from server_helpers import KEY
 
 from pbtune.config import RunConfig
 from pbtune.server.runner import PBTServer
 from pbtune.store import SQLStore
-
-from conftest import KEY  # noqa: I001
 
 
 def _config(tmp_path: Path) -> RunConfig:

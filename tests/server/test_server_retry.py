@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_helpers import KEY, free_port
 
 from pbtune.config import RunConfig
 from pbtune.errors import NotFoundError
@@ -22,17 +22,9 @@ from pbtune.server.service import PopulationService
 from pbtune.server.uploads import UploadArea
 from pbtune.store import SQLStore
 
-from conftest import KEY  # noqa: I001
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def test_client_gives_up_after_its_retry_bound_with_a_clear_error(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     with pytest.raises(ServerUnavailableError, match=rf"127\.0\.0\.1:{port}.*within 0\.5 s"):
         PBTClient("127.0.0.1", port, KEY, member_id=0, retry_seconds=0.5)

@@ -10,14 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from server_helpers import KEY
 from typer.testing import CliRunner
 
 from pbtune.cli import app
 from pbtune.server.client import PBTClient
 from pbtune.server.errors import ServerUnavailableError
 from pbtune.server.runner import PBTServer
-
-from conftest import KEY  # noqa: I001
 
 
 def _self_signed(tmp_path: Path) -> tuple[str, str]:

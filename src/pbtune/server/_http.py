@@ -64,8 +64,9 @@ class RetryingTransport:
             try:
                 response = self.client.request(method, path, **kwargs, **({} if body is None else {"content": body}))
             finally:
-                if hasattr(body, "close"):
-                    body.close()
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
             if not response.is_success:
                 raise _Answer(response)
             return response

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -78,7 +78,7 @@ def _token(value: Any) -> Any:
     return value
 
 
-Token = Annotated[Optional[str], BeforeValidator(_token)]
+Token = Annotated[str | None, BeforeValidator(_token)]
 
 
 def member_to_wire(record: MemberRecord) -> dict[str, Any]:
@@ -106,9 +106,9 @@ class _Strict(BaseModel):
 class JoinRequest(_Strict):
     """Join the population: as ``member_id`` (rejoin), or as any free member (``member_id`` null)."""
 
-    member_id: Optional[int] = Field(default=None, ge=0)
+    member_id: int | None = Field(default=None, ge=0)
     token: Token = None
-    space: Optional[dict[str, Any]] = None
+    space: dict[str, Any] | None = None
 
 
 class TokenRequest(_Strict):
@@ -118,24 +118,24 @@ class TokenRequest(_Strict):
 class CheckpointSpec(_Strict):
     """Exactly one of: ``upload`` (an id from ``POST /uploads``) or ``path`` (on a shared filesystem)."""
 
-    upload: Optional[str] = Field(default=None, max_length=64)
-    path: Optional[str] = Field(default=None, max_length=4096)
+    upload: str | None = Field(default=None, max_length=64)
+    path: str | None = Field(default=None, max_length=4096)
 
 
 class ReportRequest(_Strict):
     token: Token = None
-    step: Optional[int] = Field(default=None, ge=0)
+    step: int | None = Field(default=None, ge=0)
     metric: WireFloat
-    metrics: Annotated[Optional[dict[str, Any]], BeforeValidator(_metrics_from_wire)] = None
-    checkpoint: Optional[CheckpointSpec] = None
+    metrics: Annotated[dict[str, Any] | None, BeforeValidator(_metrics_from_wire)] = None
+    checkpoint: CheckpointSpec | None = None
 
 
 class ExploitRequest(_Strict):
     token: Token = None
-    step: Optional[int] = Field(default=None, ge=0)
+    step: int | None = Field(default=None, ge=0)
     after_decision: bool = False
 
 
 class ExploreRequest(_Strict):
     token: Token = None
-    from_hparams: Optional[dict[str, Any]] = None
+    from_hparams: dict[str, Any] | None = None

@@ -7,7 +7,6 @@ key changes nothing. Bodies are JSON (checkpoint uploads are raw bytes); errors 
 
 Example:
     >>> import tempfile
-    >>> from fastapi.testclient import TestClient  # doctest: +SKIP
     >>> from pbtune.server.uploads import UploadArea
     >>> from pbtune.server.service import PopulationService
     >>> d = tempfile.mkdtemp()
@@ -86,7 +85,8 @@ class AuthMiddleware:
             return
         length = headers.get(b"content-length", b"")
         if scope["path"] != self._upload_path and length.isdigit() and int(length) > MAX_JSON_BYTES:
-            await _error(413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes")(scope, receive, send)
+            refusal = _error(413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes")
+            await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -113,7 +113,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "bad_json", "the request body is not valid JSON")
         if any(tuple(e.get("loc", ())) == ("body",) and isinstance(e.get("input"), (bytes, str)) for e in errors):
-            return _error(400, "bad_json", "the request body is not a JSON object (send Content-Type: application/json)")
+            return _error(400, "bad_json", "the request body is not JSON (send Content-Type: application/json)")
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         detail = f"`{where}` of `request` must be valid: {first.get('msg', 'invalid')}"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +17,10 @@ from pbtune.errors import PBTuneError
 __all__ = ["register", "server", "server_status"]
 
 console = Console()
+
+
+_SHARED_ROOT = typer.Option(
+    None, "--shared-root", help="Folder on a shared filesystem whose files clients may name (repeatable).")
 
 
 def _fail(message: str) -> None:
@@ -38,22 +41,21 @@ def server(
     port: int = typer.Option(8000, help="TCP port to listen on."),
     auth_key_file: str = typer.Option(..., "--auth-key-file", envvar="PBTUNE_AUTH_KEY_FILE",
                                       help="File holding the shared key clients must send."),
-    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the population store."),
-    checkpoints: Optional[str] = typer.Option(None, help="Checkpoint folder or fsspec URL."),
-    config: Optional[str] = typer.Option(None, help="JSON/YAML run config (space, population, strategies)."),
+    storage: str | None = typer.Option(None, help="SQLAlchemy URL of the population store."),
+    checkpoints: str | None = typer.Option(None, help="Checkpoint folder or fsspec URL."),
+    config: str | None = typer.Option(None, help="JSON/YAML run config (space, population, strategies)."),
     run: str = typer.Option("pbt", help="Run name when --config is not given."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
     population: int = typer.Option(8, help="Members in the population (without --config)."),
-    mode: Optional[str] = typer.Option(None, help="max or min: the direction of the metric."),
+    mode: str | None = typer.Option(None, help="max or min: the direction of the metric."),
     ready_interval: int = typer.Option(1, help="Saves between exploit decisions (without --config)."),
-    budget: Optional[int] = typer.Option(None, help="Steps per member (default: unbounded)."),
+    budget: int | None = typer.Option(None, help="Steps per member (default: unbounded)."),
     lease_seconds: float = typer.Option(60.0, help="A client silent this long frees its member."),
-    shared_root: Optional[List[str]] = typer.Option(
-        None, "--shared-root", help="Folder on a shared filesystem whose files clients may name (repeatable)."),
-    upload_dir: Optional[str] = typer.Option(None, help="Where uploaded checkpoints are staged."),
+    shared_root: list[str] | None = _SHARED_ROOT,
+    upload_dir: str | None = typer.Option(None, help="Where uploaded checkpoints are staged."),
     max_upload_mb: float = typer.Option(1024.0, help="Largest checkpoint upload, in MiB."),
-    ssl_certfile: Optional[str] = typer.Option(None, help="TLS certificate (PEM): serve HTTPS."),
-    ssl_keyfile: Optional[str] = typer.Option(None, help="TLS private key (PEM)."),
+    ssl_certfile: str | None = typer.Option(None, help="TLS certificate (PEM): serve HTTPS."),
+    ssl_keyfile: str | None = typer.Option(None, help="TLS private key (PEM)."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve a PBT population over HTTP to PBTClient members on other processes and machines."""
@@ -83,7 +85,7 @@ def server_status(
     auth_key_file: str = typer.Option(..., "--auth-key-file", envvar="PBTUNE_AUTH_KEY_FILE",
                                       help="File holding the server's shared key."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    cacert: Optional[str] = typer.Option(None, help="CA bundle that signed the server's certificate."),
+    cacert: str | None = typer.Option(None, help="CA bundle that signed the server's certificate."),
 ) -> None:
     """The live population of a running server (GET /population)."""
     from pbtune.server.status import read_key_file, show_population

@@ -199,7 +199,7 @@ class PopulationService:
                 if record.lease_owner != token and live:
                     raise ServerError(
                         f"member {member_id} is held by the live client {record.lease_owner!r} (its lease runs"
-                        f" {record.lease_expires - self._clock():.0f} s more); join as another member or wait",
+                        f" {(record.lease_expires or 0.0) - self._clock():.0f} s more); join as another member or wait",
                         status=409, code="member_held",
                     )
                 # our own lease, or a dead client's: take it over and keep it alive
