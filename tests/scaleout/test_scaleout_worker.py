@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.cli import app
+from pbtune.errors import InvalidConfigError
 from pbtune.member import Population
 from pbtune.scaleout.commands import parse_options
 from pbtune.store import open_store
-from pbtune.errors import InvalidConfigError
 from pbtune.types import MemberState
 
 
@@ -49,7 +49,7 @@ def test_a_late_worker_waits_for_the_run_and_leaves_when_it_is_done(tmp_path: Pa
     storage = f"sqlite:///{tmp_path}/pbt.db"
     config = quadratic_config("late", storage, str(tmp_path / "ck"), population=2, budget=10)
     early = start_worker("late", storage, None, "--wait", "30")
-    time.sleep(1.0)  # the worker starts before the run exists
+    time.sleep(0.5)  # the worker starts before the run exists
     population = Population(config)
     try:
         _wait([early], 60)

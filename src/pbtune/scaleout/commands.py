@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -41,19 +41,19 @@ def _fail(message: str) -> None:
 
 
 def worker(
-    run: Optional[str] = typer.Option(None, "--run", "-r", help="Name of a run in the store to join."),
-    config: Optional[str] = typer.Option(
+    run: str | None = typer.Option(None, "--run", "-r", help="Name of a run in the store to join."),
+    config: str | None = typer.Option(
         None, "--config", help="Run config (JSON/YAML): create the run if the store lacks it, then join."),
-    storage: Optional[str] = typer.Option(
+    storage: str | None = typer.Option(
         None, "--storage", "-s", help="SQLAlchemy URL of the population store (default with --config: its own)."),
-    checkpoints: Optional[str] = typer.Option(
+    checkpoints: str | None = typer.Option(
         None, "--checkpoints", "-c", help="Checkpoint folder or fsspec URL (default: the run's)."),
-    trainable: Optional[str] = typer.Option(
+    trainable: str | None = typer.Option(
         None, "--trainable", "-t", help="module:Class or file.py:Class (default: the run's)."),
-    checkpoint_option: list[str] = typer.Option(
-        [], "--checkpoint-option", "-o",
+    checkpoint_option: list[str] | None = typer.Option(  # noqa: B008 - typer idiom
+        None, "--checkpoint-option", "-o",
         help="fsspec option KEY=VALUE for the checkpoint store (repeatable), e.g. endpoint_url=http://minio:9000."),
-    worker_id: Optional[str] = typer.Option(None, "--worker-id", help="Unique worker name (default host-pid-random)."),
+    worker_id: str | None = typer.Option(None, "--worker-id", help="Unique worker name (default host-pid-random)."),
     wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for the run to be created."),
     poll: float = typer.Option(0.5, "--poll", help="Seconds between claims while no member is free."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log lease and exploit activity."),
@@ -65,7 +65,7 @@ def worker(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        options = parse_options(checkpoint_option, "--checkpoint-option")
+        options = parse_options(checkpoint_option or [], "--checkpoint-option")
         create = None
         if config is not None:
             create = load_config(config, storage=storage, checkpoints=checkpoints, name=run)

@@ -116,15 +116,16 @@ def run_worker(
     limit_threads()
     store = open_store(storage)
     try:
+        options = dict(storage_options or {})
         if create_from is not None:
             Population(create_from, store=store,
-                       checkpoints=CheckpointStore(checkpoints or create_from.checkpoints, **dict(storage_options or {})))
+                       checkpoints=CheckpointStore(checkpoints or create_from.checkpoints, **options))
         config = join_config(store, run, storage=storage, checkpoints=checkpoints, wait_seconds=wait_seconds)
         target = trainable or config.trainable
         if target is None:
             raise InvalidConfigError("trainable", f"run {run!r}", "set (pass --trainable module:Class)", None)
         cls = load_trainable(target)
-        ckpts = CheckpointStore(config.checkpoints, **dict(storage_options or {}))
+        ckpts = CheckpointStore(config.checkpoints, **options)
         # The number of workers is unknown and changes: release members at every checkpoint.
         worker = Worker(config, cls, worker_id=worker_id, time_share=True, store=store,
                         checkpoints=ckpts, poll_seconds=poll_seconds)
