@@ -10,7 +10,7 @@ from scaleout_helpers import audit, quadratic_config
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.errors import InvalidConfigError
-from pbtune.scaleout.ray_launcher import launch_ray, ray_options
+from pbtune.scaleout.ray_launcher import launch_ray, parse_resources, ray_options
 from pbtune.store import open_store
 
 PROBES = Path(__file__).with_name("scaleout_ray_trainable.py")
@@ -25,6 +25,14 @@ def test_resources_per_worker_become_actor_options() -> None:
         ray_options({"gpu": -1})
     with pytest.raises(InvalidConfigError, match="resources_per_worker"):
         ray_options({"cpu": "two"})  # type: ignore[dict-item]
+
+
+def test_resources_from_the_command_line() -> None:
+    assert parse_resources(None) is None
+    assert parse_resources('{"cpu": 1, "gpu": 0.5}') == {"cpu": 1, "gpu": 0.5}
+    for bad in ("x", "[1]", '{"gpu": "all"}'):
+        with pytest.raises(InvalidConfigError, match="resources-per-worker|resources_per_worker"):
+            parse_resources(bad)
 
 
 @pytest.fixture(scope="module")

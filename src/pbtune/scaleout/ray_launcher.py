@@ -12,6 +12,7 @@ on a multi-node cluster; SQLite and local folders only on a single machine.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,9 +29,8 @@ from pbtune.engine.trainable import Trainable
 from pbtune.engine.worker import load_trainable
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.member import Population
-from pbtune.store.base import PopulationStore
 
-__all__ = ["launch_ray", "ray_options"]
+__all__ = ["launch_ray", "parse_resources", "ray_options"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,29 @@ def ray_options(resources_per_worker: Mapping[str, float] | None) -> dict[str, A
     return options
 
 
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """``--resources-per-worker '{"cpu": 1, "gpu": 0.5}'`` -> a mapping (None stays None).
+
+    Raises:
+        InvalidConfigError: not a JSON object of numbers.
+
+    Example:
+        >>> parse_resources('{"cpu": 2, "gpu": 0.5}')
+        {'cpu': 2, 'gpu': 0.5}
+    """
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidConfigError("--resources-per-worker", "pbtune run", 'a JSON object such as {"cpu": 1, "gpu": 0.5}',
+                                 text)
+    ray_options(value)  # validates every value
+    return value
+
+
 def _portable(config: RunConfig) -> RunConfig:
     """Make local paths absolute: Ray workers need not share the driver's working directory."""
     data = config.to_dict()
@@ -114,33 +137,12 @@ class _RayWorker:
         return {"worker": self._worker_id, **asdict(stats)}
 
 
-class _Progress:
-    """A rich progress bar of member-steps done, fed from the store."""
-
-    def __init__(self, config: RunConfig) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._config = config
-        self._bar = Progress(TextColumn(f"[bold]{config.name}[/] (ray)"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn())
-        self._task = self._bar.add_task(config.name, total=config.population * config.budget)
-        self._bar.start()
-
-    def update(self, store: PopulationStore, config: RunConfig) -> None:
-        members = store.list_members(config.name)
-        done = sum(config.budget if m.state.is_final else m.step for m in members)
-        self._bar.update(self._task, completed=done)
-
-    def close(self) -> None:
-        self._bar.stop()
-
-
 def launch_ray(
     config: RunConfig,
     trainable: type[Trainable] | str | None = None,
     address: str | None = None,
     resources_per_worker: Mapping[str, float] | None = None,
-    progress: bool = True,
+    progress: bool | str = True,
     *,
     storage_options: Mapping[str, Any] | None = None,
     max_restarts: int | None = None,
@@ -156,7 +158,8 @@ def launch_ray(
             Ray instance unless one is already initialised in this process.
         resources_per_worker: what each actor reserves, e.g. ``{"cpu": 1, "gpu": 0.5}``
             (default one CPU); other keys are Ray custom resources.
-        progress: show a live progress bar.
+        progress: ``True``: a live table and progress bar; ``"quiet"``: a plain progress line
+            every 10 s (CI logs); ``False``: nothing (as in ``pbtune.run``).
         storage_options: fsspec options of the checkpoint store (e.g. ``endpoint_url``).
         max_restarts: actors replaced after they die (default ``3 * workers``).
         monitors: objects with ``update(store, config)`` and ``close()`` (as in ``pbtune.run``).
@@ -182,6 +185,8 @@ def launch_ray(
     opts = dict(storage_options or {})
     _ensure_sqlite_folder(config.storage)
     population = Population(config, checkpoints=CheckpointStore(config.checkpoints, **opts))
+    if all(m.state.is_final for m in population.members()):  # resumed a finished run
+        return summarize(config, population.store, population.checkpoints)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, **dict(init_kwargs or {}))
@@ -190,7 +195,9 @@ def launch_ray(
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
     watchers: list[Monitor] = list(monitors)
     if progress:
-        watchers.insert(0, _Progress(config))
+        from pbtune.report.live import LiveDisplay
+
+        watchers.insert(0, LiveDisplay(quiet=progress == "quiet"))
 
     def start(index: int) -> tuple[Any, Any]:
         worker_id = f"{config.name}-ray{index}-{uuid.uuid4().hex[:8]}"
