@@ -9,7 +9,8 @@ explore when told to, as a training script would). Both checkpoint modes run sid
 * upload: the client streams the bytes to the server first (2 requests a save).
 
 Latency is per call as the client sees it (in shared mode one call is one HTTP request);
-requests/s counts HTTP requests of all clients together.
+requests/s counts HTTP requests of all clients together; the server's CPU milliseconds per
+request (from /proc) say what one server core can sustain, whatever else loads the machine.
 
     python benchmarks/server.py [--clients 16] [--duration 10] [--modes shared,upload]
 """
@@ -41,6 +42,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def client_main(url: str, member_id: int, space: str, workdir: str, mode: str, duration: float,
@@ -112,8 +123,10 @@ def run_mode(mode: str, clients: int, duration: float, workdir: str) -> dict[str
             proc.start()
         barrier.wait(timeout=300)  # every client has joined: start together
         started = time.perf_counter()
+        cpu_before = cpu_seconds(server.pid)
         collected = [results.get(timeout=duration + 120) for _ in procs]
         wall = time.perf_counter() - started
+        cpu_after = cpu_seconds(server.pid)
         for proc in procs:
             proc.join()
     finally:
@@ -124,8 +137,11 @@ def run_mode(mode: str, clients: int, duration: float, workdir: str) -> dict[str
     calls = save_s + decide_s
     per_save = 2 if mode == "upload" else 1
     requests = per_save * len(save_s) + len(decide_s) + sum(r["extra_requests"] for r in collected)
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return {
         "mode": mode, "clients": clients, "wall_s": wall, "iterations": len(save_s),
+        "server_cpu_ms_per_request": None if server_cpu is None else 1000 * server_cpu / requests,
+        "server_cpu_share": None if server_cpu is None else server_cpu / wall,
         "requests_per_s": requests / wall, "calls_per_s": len(calls) / wall,
         "p50_ms": 1000 * statistics.median(calls), "p99_ms": 1000 * percentile(calls, 0.99),
         "save_p50_ms": 1000 * statistics.median(save_s), "save_p99_ms": 1000 * percentile(save_s, 0.99),
@@ -145,11 +161,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as workdir:
             rows.append(run_mode(mode.strip(), args.clients, args.duration, workdir))
     print(f"{'mode':<8}{'clients':>8}{'req/s':>9}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'save p50':>10}{'save p99':>10}{'decide p50':>12}{'decide p99':>12}")
+          f"{'save p50':>10}{'save p99':>10}{'decide p50':>12}{'decide p99':>12}{'srv cpu ms/req':>16}")
     for r in rows:
         print(f"{r['mode']:<8}{r['clients']:>8}{r['requests_per_s']:>9.0f}{r['calls_per_s']:>9.0f}{r['p50_ms']:>9.2f}"
               f"{r['p99_ms']:>9.2f}{r['save_p50_ms']:>10.2f}{r['save_p99_ms']:>10.2f}"
-              f"{r['should_exploit_p50_ms']:>12.2f}{r['should_exploit_p99_ms']:>12.2f}")
+              f"{r['should_exploit_p50_ms']:>12.2f}{r['should_exploit_p99_ms']:>12.2f}"
+              f"{r['server_cpu_ms_per_request'] or float('nan'):>16.2f}")
     head = rows[0]
     figures: dict[str, Any] = {
         "clients": args.clients, "duration_s": args.duration, "mode": head["mode"],
@@ -158,8 +175,8 @@ def main() -> None:
     }
     for r in rows:
         for key in ("requests_per_s", "p50_ms", "p99_ms", "save_p50_ms", "save_p99_ms", "should_exploit_p50_ms",
-                    "should_exploit_p99_ms"):
-            figures[f"{r['mode']}_{key}"] = round(r[key], 3)
+                    "should_exploit_p99_ms", "server_cpu_ms_per_request", "server_cpu_share"):
+            figures[f"{r['mode']}_{key}"] = None if r[key] is None else round(r[key], 3)
     figures.update(cpus=os.cpu_count(), python=sys.version.split()[0])
     print(json.dumps(figures))
 

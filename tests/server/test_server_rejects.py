@@ -173,3 +173,24 @@ def test_good_requests_after_bad_ones_still_work(served: tuple[PBTServer, httpx.
     assert content.content == body
     assert content.headers["x-pbtune-sha256"] == hashlib.sha256(body).hexdigest()
     assert not any(Path(server.upload_dir).iterdir())  # the staged upload was used up
+
+
+def test_stale_staged_uploads_are_swept(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    from pbtune.server.errors import ServerError
+    from pbtune.server.uploads import UploadArea
+
+    area = UploadArea(str(tmp_path), max_bytes=100, max_age=60)
+
+    async def body() -> Any:
+        yield b"abc"
+
+    old = asyncio.run(area.receive(body(), hashlib.sha256(b"abc").hexdigest(), ".pt", 3))
+    fresh = asyncio.run(area.receive(body(), hashlib.sha256(b"abc").hexdigest(), "", 3))
+    os.utime(area.path(old.upload_id), (time.time() - 120, time.time() - 120))
+    assert area.sweep() == 1
+    assert os.path.exists(area.path(fresh.upload_id))
+    with pytest.raises(ServerError, match="no staged upload"):
+        area.path(old.upload_id)

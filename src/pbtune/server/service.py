@@ -19,12 +19,13 @@ How member ids are handed out (a population of N members ``0..N-1``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pbtune.checkpoints import CheckpointStore
@@ -85,6 +86,9 @@ class PopulationService:
         self._clock = clock
         self.store = store if store is not None else open_store(self.template["storage"])
         self._create_lock = threading.Lock()
+        # SQLite has one writer at a time: queueing writers here is fairer (and much kinder to
+        # tail latency) than letting request threads spin on its lock with retries.
+        self._write_gate: Any = threading.Lock() if self.store_is_sqlite() else contextlib.nullcontext()
         self._locks: dict[int, threading.Lock] = {}
         self._handles: dict[int, tuple[str | None, Member]] = {}
         self._decided: set[int] = set()  # members whose last should_exploit said yes
@@ -156,6 +160,19 @@ class PopulationService:
             )
         return self._population
 
+    def store_is_sqlite(self) -> bool:
+        return str(self.template["storage"]).startswith("sqlite")
+
+    @contextlib.contextmanager
+    def _serialized(self, member_id: int, *, writes: bool = True) -> Iterator[None]:
+        """One request at a time per member (the Member handle holds the pending decision).
+
+        ``writes=False`` for requests that mostly read (should_exploit writes only when it
+        decides to continue at a ready point; the store's own retry covers that).
+        """
+        with self._locks[member_id], (self._write_gate if writes else contextlib.nullcontext()):
+            yield
+
     def _handle(self, member_id: int, token: str | None) -> Member:
         """The cached Member for this member and token (it carries the pending exploit decision)."""
         population = self._check_member_id(member_id)
@@ -186,13 +203,14 @@ class PopulationService:
             for member in self.store.list_members(self.run_name):  # a join retried after its answer was lost
                 if member.lease_owner == token and member.state is MemberState.RUNNING:
                     return member, token
-            claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget)
+            with self._write_gate:
+                claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget)
             if claimed is None:
                 raise PopulationFullError(self._full_message(), status=409, code="population_full")
             log.info("client %s joined as member %d", token, claimed.member_id)
             return claimed, token
         self._check_member_id(member_id)
-        with self._locks[member_id]:
+        with self._serialized(member_id):
             record = self.store.get_member(self.run_name, member_id)
             if record.lease_owner is not None and record.state is MemberState.RUNNING:
                 live = (record.lease_expires or 0.0) > self._clock()
@@ -245,7 +263,7 @@ class PopulationService:
         """Record a score (and checkpoint). A repeat of the last committed report is a no-op."""
         self._check_member_id(member_id)
         upload = checkpoint.upload if checkpoint is not None else None
-        with self._locks[member_id]:
+        with self._serialized(member_id):
             member = self._handle(member_id, token)
             record = member.refresh()
             step = record.step + 1 if step is None else step
@@ -291,7 +309,7 @@ class PopulationService:
 
     def should_exploit(self, member_id: int, token: str | None) -> tuple[bool, MemberRecord]:
         self._check_member_id(member_id)
-        with self._locks[member_id]:
+        with self._serialized(member_id, writes=False):
             member = self._handle(member_id, token)
             decided = member.should_exploit()
             if decided:
@@ -310,7 +328,7 @@ class PopulationService:
         returned, or the decision is made again.
         """
         self._check_member_id(member_id)
-        with self._locks[member_id]:
+        with self._serialized(member_id):
             member = self._handle(member_id, token)
             if member_id in self._decided:
                 self._decided.discard(member_id)
@@ -342,7 +360,7 @@ class PopulationService:
     ) -> tuple[dict[str, Any], MemberRecord]:
         """Explore; if ``from_hparams`` was already explored away from (a retry), return the result."""
         self._check_member_id(member_id)
-        with self._locks[member_id]:
+        with self._serialized(member_id):
             member = self._handle(member_id, token)
             record = member.refresh()
             if from_hparams is not None and dict(record.hparams) != dict(from_hparams):
@@ -356,7 +374,7 @@ class PopulationService:
 
     def finish(self, member_id: int, token: str | None) -> MemberRecord:
         self._check_member_id(member_id)
-        with self._locks[member_id]:
+        with self._serialized(member_id):
             member = self._handle(member_id, token)
             if member.refresh().state is MemberState.FINISHED:
                 return member.record  # a retried finish

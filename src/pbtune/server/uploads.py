@@ -55,6 +55,7 @@ class UploadArea:
         self.directory = os.path.abspath(directory)
         self.max_bytes = max_bytes
         self.max_age = max_age
+        self._last_sweep = 0.0
         os.makedirs(self.directory, exist_ok=True)
 
     @staticmethod
@@ -76,6 +77,8 @@ class UploadArea:
         if declared_size is not None and declared_size > self.max_bytes:
             raise ServerError(f"upload of {declared_size} bytes is larger than the limit of {self.max_bytes}",
                               status=413, code="too_large")
+        if time.time() - self._last_sweep > min(self.max_age, 600.0):  # uploads a crashed client never used
+            self.sweep()
         upload_id = uuid.uuid4().hex + suffix
         final = os.path.join(self.directory, upload_id)
         partial = f"{final}.part"
@@ -124,6 +127,7 @@ class UploadArea:
     def sweep(self, now: float | None = None) -> int:
         """Remove staged and partial files older than ``max_age``; return how many."""
         now = time.time() if now is None else now
+        self._last_sweep = now
         removed = 0
         for name in os.listdir(self.directory):
             path = os.path.join(self.directory, name)
