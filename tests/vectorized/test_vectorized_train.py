@@ -251,3 +251,43 @@ def test_weights_only_exploit_keeps_the_receivers_hyperparameters(tmp_path):
     assert exploits
     for e in exploits:
         assert e.new_hparams == e.old_hparams and e.summary.endswith("(weights only)")
+
+
+def test_a_model_that_cannot_be_vmapped_fails_with_a_clear_error(tmp_path):
+    def cumulative_bn():  # momentum=None averages with a Python float of a batched counter
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8, momentum=None), torch.nn.Linear(8, 3))
+
+    with pytest.raises(PBTuneError, match="cannot run under torch.func.vmap"):
+        pv.train(cumulative_bn, SPACE, **_settings(tmp_path, name="novmap", steps=1))
+
+
+def test_background_writer_keeps_order_and_reraises_the_first_error():
+    from pbtune.vectorized._writer import BackgroundWriter
+
+    done: list[int] = []
+    writer = BackgroundWriter()
+    for i in range(50):
+        writer.submit(lambda i=i: done.append(i))
+    writer.drain()
+    assert done == list(range(50))
+
+    def boom() -> None:
+        raise RuntimeError("store down")
+
+    writer.submit(boom)
+    writer.submit(lambda: done.append(99))  # after a failure nothing else runs (it would be out of order)
+    with pytest.raises(RuntimeError, match="store down"):
+        writer.drain()
+    writer.close()
+    assert 99 not in done
+
+
+def test_inline_and_background_writes_record_the_same_run(tmp_path):
+    def history(run, **kw):
+        engine = pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name=run, steps=4, **kw))
+        engine.run()
+        store = engine.store
+        return ([(s.member_id, s.step, s.score) for s in store.scores(run)],
+                [(e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)])
+
+    assert history("inline", background_writes=False) == history("background")

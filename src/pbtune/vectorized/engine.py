@@ -19,12 +19,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.strategies import Exploit
 from pbtune.types import MemberRecord, MemberState
 from pbtune.vectorized._functional import LossFn, MetricFn, resolve_loss, resolve_metric
+from pbtune.vectorized._writer import BackgroundWriter
 from pbtune.vectorized.chunking import ChunkPlan, chunk_slices, plan_chunks
 from pbtune.vectorized.optim import SGD, OptimizerSpec, optimizer_from_config
 from pbtune.vectorized.population import (
@@ -131,6 +133,9 @@ class VectorizedPBT:
         chunk_size: members per batched call; ``None`` chooses from free memory.
         eval_batch_size: evaluation samples per forward call.
         progress: show a live progress bar (rich).
+        flush_seconds: buffered scores are written at least this often.
+        background_writes: store writes and checkpoint saves run on a background thread, in
+            order, overlapping the training (``False``: inline, for debugging).
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class VectorizedPBT:
         eval_batch_size: int = 1024,
         progress: bool = False,
         flush_seconds: float = 5.0,
+        background_writes: bool = True,
     ) -> None:
         where = "vectorized.train"
         if not callable(model_fn):
@@ -226,6 +232,7 @@ class VectorizedPBT:
         self.chunk_size = chunk_size
         self.progress = progress
         self.flush_seconds = float(flush_seconds)
+        self.background_writes = bool(background_writes)
         self.population: StackedPopulation | None = None
         self.store: PopulationStore | None = None
 
@@ -365,7 +372,8 @@ class VectorizedPBT:
             generator=torch.Generator(device=x.device).manual_seed(0),
             device=x.device,
         )
-        state.plan = plan_chunks(pop, x[sample], y[sample], chunk_size=self.chunk_size)
+        with _vmap_errors():
+            state.plan = plan_chunks(pop, x[sample], y[sample], chunk_size=self.chunk_size)
         log.info("vectorized run %s: %s", cfg.name, state.plan.describe())
         return state
 
@@ -427,6 +435,8 @@ class VectorizedPBT:
         pending: list[list[ScorePoint]] = [[] for _ in range(size)]
         last_flush = time.monotonic()
         bar = _progress(cfg, state.step) if self.progress else None
+        writer = state.writer = BackgroundWriter(enabled=self.background_writes)
+        ok = False
         try:
             while state.step < stop:
                 loss_sum = torch.zeros(size, device=self.device, dtype=pop.dtype)
@@ -434,7 +444,7 @@ class VectorizedPBT:
                     index = torch.randint(len(x), (size, batch), generator=state.generator, device=self.device)
                     for rows in slices:
                         chunk_index = index[rows]
-                        loss_sum[rows] += pop.train_step(x[chunk_index], y[chunk_index], rows)
+                        loss_sum[rows] += self._train_step(x[chunk_index], y[chunk_index], rows)
                 state.member_steps += size * self.batches_per_step
                 state.step += 1
                 step = state.step
@@ -457,9 +467,17 @@ class VectorizedPBT:
                     self._save(state)
                 if bar is not None:
                     bar.update(step, state)
+            ok = True
         finally:
+            writer.close(raise_errors=ok)  # on an error in the loop, that error wins
+            state.writer = None
             if bar is not None:
                 bar.close()
+
+    def _train_step(self, inputs: torch.Tensor, targets: torch.Tensor, rows: slice) -> torch.Tensor:
+        assert self.population is not None
+        with _vmap_errors():
+            return self.population.train_step(inputs, targets, rows)
 
     @torch.no_grad()
     def _evaluate(self, slices: Sequence[slice]) -> list[float]:
@@ -504,43 +522,59 @@ class VectorizedPBT:
 
     def _flush(self, state: _RunState, pending: list[list[ScorePoint]], *, final: bool) -> None:
         """Write the buffered scores: one transaction per member (``earlier=`` carries the backlog)."""
-        assert self.store is not None
+        assert self.store is not None and self.population is not None
         cfg = self.config
         best_id = None
         if final and self.save_final != "none":
             best_id = best_member(tuple(self._snapshot(state)), cfg.mode).member_id
-        for member_id, points in enumerate(pending):
-            if not points:
-                continue
-            last = points[-1]
-            if final and (self.save_final == "all" or member_id == best_id):
-                self._report_with_weights(state, member_id, last, points[:-1])
-                continue
-            record = self.store.report(
-                cfg.name,
-                member_id,
-                last.step,
-                last.score,
-                metrics=last.metrics,
-                earlier=points[:-1],
-            )
-            state.versions[member_id] = record.version
-        if final:
-            for member_id in range(cfg.population):
-                self.store.set_state(cfg.name, member_id, MemberState.FINISHED)
+        store = self.store
+        weights = {
+            member_id: self.population.member_state_dict(member_id)  # taken now: training goes on meanwhile
+            for member_id in range(cfg.population)
+            if final and (self.save_final == "all" or member_id == best_id)
+        }
+
+        def write() -> None:
+            for member_id, points in enumerate(pending):
+                if not points:
+                    continue
+                last = points[-1]
+                if member_id in weights:
+                    self._report_with_weights(state, member_id, weights[member_id], last, points[:-1])
+                    continue
+                record = store.report(
+                    cfg.name, member_id, last.step, last.score, metrics=last.metrics, earlier=points[:-1]
+                )
+                state.versions[member_id] = record.version
+            if final:
+                for member_id in range(cfg.population):
+                    store.set_state(cfg.name, member_id, MemberState.FINISHED)
+
+        self._submit(state, write)
+
+    def _submit(self, state: _RunState, task: Callable[[], None]) -> None:
+        if state.writer is None:
+            task()
+        else:
+            state.writer.submit(task)
 
     def _report_with_weights(
-        self, state: _RunState, member_id: int, last: ScorePoint, earlier: Sequence[ScorePoint]
+        self,
+        state: _RunState,
+        member_id: int,
+        weights: Mapping[str, torch.Tensor],
+        last: ScorePoint,
+        earlier: Sequence[ScorePoint],
     ) -> None:
         """The member's final report carries its weights (a plain state_dict) into the checkpoint store."""
-        assert self.store is not None and self.population is not None
+        assert self.store is not None
         import tempfile
 
         member = Member(self.store, _checkpoint_store(self.config), self.config, member_id)
         folder = tempfile.mkdtemp(prefix="pbtune-vec-")
         path = os.path.join(folder, "model.pt")
         try:
-            atomic_save(self.population.member_state_dict(member_id), path)
+            atomic_save(dict(weights), path)
             member.report(last.step, last.score, checkpoint=path, metrics=last.metrics, earlier=earlier)
         finally:
             if os.path.exists(path):
@@ -564,43 +598,49 @@ class VectorizedPBT:
         for copy_hparams in (True, False):  # one strategy gives one kind; weights-only keeps own hparams
             group = [(m, d) for m, d in decisions if getattr(d, "copy_hparams", True) is copy_hparams]
             pop.copy_members([d.donor_id for _, d in group], [m for m, _ in group], copy_hparams=copy_hparams)
+        writes = []
         for member_id, decision in decisions:
             me, donor = snapshot[member_id], snapshot[decision.donor_id]
             copy_hparams = getattr(decision, "copy_hparams", True)
+            taken = dict(donor.hparams if copy_hparams else me.hparams)
             summary = (
                 f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
                 f" over member {member_id} (score {_fmt(me.score)}) in memory"
                 + ("" if copy_hparams else " (weights only)")
             )
-            updated = self.store.apply_exploit(
-                cfg.name,
-                member_id,
-                expected_version=state.versions[member_id],
-                donor_id=donor.member_id,
-                donor_step=decision.donor_step,
-                hparams=donor.hparams if copy_hparams else me.hparams,
-                checkpoint=None,
-                summary=summary,
+            # Explore is pure: decided here (the member trains on with it), recorded by the writer.
+            new, changes = cfg.explore_strategy.explore(
+                taken, cfg.space, decision_rng(cfg.seed, member_id, step, "explore")
             )
-            if updated is None:
-                raise PBTuneError(
-                    f"member {member_id} of run {cfg.name!r} was changed by another process; "
-                    "a vectorized run must be the only writer of its run"
-                )
-            rng = decision_rng(cfg.seed, member_id, updated.step, "explore")
-            new, changes = cfg.explore_strategy.explore(updated.hparams, cfg.space, rng)
-            explored = self.store.set_hparams(
-                cfg.name,
-                member_id,
-                new,
-                expected_version=updated.version,
-                kind="explore",
-                summary="; ".join(change.summary() for change in changes),
-            )
-            if explored is None:
-                raise PBTuneError(f"member {member_id} of run {cfg.name!r} was changed by another process")
             pop.set_hparams(member_id, new)
-            state.versions[member_id] = explored.version
+            writes.append((member_id, decision, taken, summary, new, "; ".join(c.summary() for c in changes)))
+        store = self.store
+
+        def write() -> None:
+            for member_id, decision, taken, summary, new, explore_summary in writes:
+                updated = store.apply_exploit(
+                    cfg.name,
+                    member_id,
+                    expected_version=state.versions[member_id],
+                    donor_id=decision.donor_id,
+                    donor_step=decision.donor_step,
+                    hparams=taken,
+                    checkpoint=None,
+                    summary=summary,
+                )
+                if updated is None:
+                    raise PBTuneError(
+                        f"member {member_id} of run {cfg.name!r} was changed by another process; "
+                        "a vectorized run must be the only writer of its run"
+                    )
+                explored = store.set_hparams(
+                    cfg.name, member_id, new, expected_version=updated.version, kind="explore", summary=explore_summary
+                )
+                if explored is None:
+                    raise PBTuneError(f"member {member_id} of run {cfg.name!r} was changed by another process")
+                state.versions[member_id] = explored.version
+
+        self._submit(state, write)
         log.debug("step %d: %d exploits", step, len(decisions))
 
     def _save(self, state: _RunState) -> None:
@@ -613,15 +653,14 @@ class VectorizedPBT:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
-        atomic_save(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "run": self.config.name,
-                "population": state.population.state_dict(),
-                "engine": engine,
-            },
-            self.checkpoint_path,
-        )
+        payload = {  # copied now (CPU tensors); written after this round's store writes
+            "format": CHECKPOINT_FORMAT,
+            "run": self.config.name,
+            "population": state.population.state_dict(),
+            "engine": engine,
+        }
+        path = self.checkpoint_path
+        self._submit(state, lambda: atomic_save(payload, path))
 
 
 @dataclass
@@ -634,6 +673,7 @@ class _RunState:
     last_ready: list[int] = field(default_factory=list)
     plan: ChunkPlan | None = None
     member_steps: int = 0
+    writer: BackgroundWriter | None = None
 
 
 def train(model_fn: Callable[[], nn.Module], space: Space | Mapping[str, Any], **settings: Any) -> VectorizedResult:
@@ -649,6 +689,21 @@ def train(model_fn: Callable[[], nn.Module], space: Space | Mapping[str, Any], *
 
 
 # -- helpers --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _vmap_errors() -> Iterator[None]:
+    """Turn torch.func's vmap errors into one message that says what to change."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "vmap" not in str(exc):
+            raise
+        raise PBTuneError(
+            "the model or loss cannot run under torch.func.vmap (no .item() or Python branches on tensor values "
+            "in forward; BatchNorm needs a numeric momentum); see docs/vectorized.md. "
+            f"torch said: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
 def _fmt(score: float | None) -> str:
     return "None" if score is None else f"{score:.6g}"
 
