@@ -96,7 +96,7 @@ def run_mode(mode: str, clients: int, duration: float, workdir: str) -> dict[str
     server = subprocess.Popen(
         [sys.executable, "-m", "pbtune.cli", "server", "--port", str(port), "--auth-key-file", key_file,
          "--storage", f"sqlite:///{workdir}/pbt.db", "--checkpoints", os.path.join(workdir, "ckpts"),
-         "--population", str(clients), "--ready-interval", "5", "--shared-root", workdir,
+         "--population", str(max(2, clients)), "--ready-interval", "5", "--shared-root", workdir,
          "--upload-dir", os.path.join(workdir, "uploads"), "--run", f"bench-{mode}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
