@@ -88,10 +88,10 @@ def server_status(
     cacert: str | None = typer.Option(None, help="CA bundle that signed the server's certificate."),
 ) -> None:
     """The live population of a running server (GET /population)."""
-    from pbtune.server.status import read_key_file, show_population
+    from pbtune.server.status import show_server_status
 
     try:
-        show_population(url, read_key_file(auth_key_file), as_json=as_json, verify=cacert or True, console=console)
+        show_server_status(url, auth_key_file, as_json=as_json, cacert=cacert, console=console)
     except (PBTuneError, ModuleNotFoundError) as exc:
         _fail(str(exc))
 

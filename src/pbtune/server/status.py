@@ -11,7 +11,7 @@ from pbtune.server import require_extra
 from pbtune.server._wire import float_from_wire
 from pbtune.server.errors import ServerUnavailableError, error_from_wire
 
-__all__ = ["fetch_population", "population_table", "show_population", "read_key_file"]
+__all__ = ["fetch_population", "population_table", "show_population", "show_server_status", "read_key_file"]
 
 
 def read_key_file(path: str) -> str:
@@ -92,3 +92,15 @@ def show_population(url: str, auth_key: str, *, as_json: bool = False, verify: b
     done = sum(m["state"] in ("finished", "failed") for m in members)
     console.print(f"{done}/{len(members)} members done; mode {view['mode']}")
     return view
+
+
+def show_server_status(server_url: str, auth_key_file: str, *, as_json: bool = False, cacert: str | None = None,
+                       console: Console | None = None) -> dict[str, Any]:
+    """What ``pbtune status --server URL --auth-key-file F`` prints (one call for the CLI).
+
+    Raises:
+        InvalidConfigError: unreadable key file.
+        ServerUnavailableError / AuthenticationError / ServerError: the server could not answer.
+    """
+    return show_population(server_url, read_key_file(auth_key_file), as_json=as_json, verify=cacert or True,
+                           console=console)
