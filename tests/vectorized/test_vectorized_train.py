@@ -291,3 +291,26 @@ def test_inline_and_background_writes_record_the_same_run(tmp_path):
                 [(e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)])
 
     assert history("inline", background_writes=False) == history("background")
+
+
+def test_cli_reads_a_population_checkpoint_and_extracts_a_member(tmp_path):
+    from pbtune.cli import app
+
+    engine = pv.VectorizedPBT(bn_mlp, SPACE, **_settings(tmp_path, name="ckcli", steps=2))
+    engine.run()
+    path = engine.checkpoint_path
+    runner = CliRunner()
+    shown = runner.invoke(app, ["vectorized", "info", path])
+    assert shown.exit_code == 0 and "run ckcli: step 2, 6 members" in shown.output
+    out = tmp_path / "best.pt"
+    done = runner.invoke(app, ["vectorized", "extract", path, "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    scores = pv.load_checkpoint(path)["engine"]["scores"]
+    best = max(range(6), key=lambda i: (scores[i], -i))
+    assert f"member {best} of run ckcli" in done.output
+    model = bn_mlp()
+    model.load_state_dict(torch.load(out, weights_only=True))  # BN buffers included
+    for name, value in engine.population.member_state_dict(best).items():
+        assert torch.equal(model.state_dict()[name], value)
+    bad = runner.invoke(app, ["vectorized", "extract", path, "--member", "17", "--out", str(out)])
+    assert bad.exit_code == 2 and "MEMBER must be" in bad.output

@@ -646,6 +646,7 @@ class VectorizedPBT:
     def _save(self, state: _RunState) -> None:
         assert self.checkpoint_path is not None
         engine = {
+            "mode": self.config.mode,
             "step": state.step,
             "scores": [None if s is None else float(s) for s in state.scores],
             "last_ready": list(state.last_ready),

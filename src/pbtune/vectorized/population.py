@@ -32,7 +32,7 @@ from pbtune.errors import CheckpointError, InvalidConfigError
 from pbtune.vectorized._functional import LossFn, make_forward_fn, make_grad_fn, make_template
 from pbtune.vectorized.optim import OptimizerSpec
 
-__all__ = ["StackedPopulation", "atomic_save", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["StackedPopulation", "atomic_save", "extract_member", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,7 @@ class StackedPopulation:
             "hp_tensors": {n: t.detach().cpu().clone() for n, t in self.hp_tensors.items()},
             "hparams": [dict(h) for h in self.hparams],
             "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "state_keys": [[key, kind, name] for key, (kind, name) in self._state_keys.items()],
         }
 
     @torch.no_grad()
@@ -369,6 +370,38 @@ def load_checkpoint(path: str, *, map_location: Any = "cpu") -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a pbtune population checkpoint ({CHECKPOINT_FORMAT})")
     return data
+
+
+def extract_member(population_state: Mapping[str, Any], index: int) -> OrderedDict[str, torch.Tensor]:
+    """Member ``index``'s ``state_dict`` from a saved population (``load_checkpoint(path)["population"]``).
+
+    Needs no model code: the checkpoint records which slice of the stacked tensors each
+    state_dict key is.
+
+    Example::
+
+        data = load_checkpoint("pbtune-runs/checkpoints/digits-vec/population.pt")
+        torch.save(extract_member(data["population"], 7), "member7.pt")
+    """
+    size = int(population_state["size"])
+    if not 0 <= index < size:
+        raise IndexError(f"member index must be in [0, {size}); got {index}")
+    offsets, shapes = {}, {}
+    start = 0
+    for name, shape in zip(population_state["param_names"], population_state["param_shapes"], strict=True):
+        count = 1
+        for dim in shape:
+            count *= int(dim)
+        offsets[name], shapes[name] = (start, start + count), tuple(int(d) for d in shape)
+        start += count
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, kind, name in population_state["state_keys"]:
+        if kind == "param":
+            lo, hi = offsets[name]
+            out[key] = population_state["params"][index, lo:hi].reshape(shapes[name]).clone()
+        else:
+            out[key] = population_state["constants"][name][index].clone()
+    return out
 
 
 def bytes_human(count: float) -> str:
