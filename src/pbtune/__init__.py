@@ -32,6 +32,15 @@ from pbtune.types import EventRecord, MemberRecord, MemberState, ScoreRecord
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # The server and client need the `server` extra: import them only when asked for.
+    if name in ("PBTServer", "PBTClient"):
+        import pbtune.server
+
+        return getattr(pbtune.server, name)
+    raise AttributeError(f"module 'pbtune' has no attribute {name!r}")
+
 __all__ = [
     "CheckpointError",
     "CheckpointStore",
@@ -45,6 +54,8 @@ __all__ = [
     "Int",
     "InvalidConfigError",
     "Member",
+    "PBTClient",
+    "PBTServer",
     "MemberFinishedError",
     "MemberRecord",
     "MemberState",

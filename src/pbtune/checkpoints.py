@@ -35,7 +35,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pbtune.errors import CheckpointError, CorruptCheckpointError
 from pbtune.store.base import CheckpointRef
 
-__all__ = ["CheckpointStore"]
+__all__ = ["CheckpointStore", "digest"]
 
 _CHUNK = 1 << 20
 
@@ -74,7 +74,7 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {local_path!r} does not exist (write it before reporting it)")
         suffix = "" if os.path.isdir(local_path) else "".join(os.path.splitext(local_path)[1:])
         key = self.new_key(run, member_id, step, suffix)
-        digest, size = _local_digest(local_path)
+        sha256, size = digest(local_path)
         final = self._path(key)
         temp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         parent = posixpath.dirname(final)
@@ -94,7 +94,7 @@ class CheckpointStore:
         except OSError as exc:
             self._remove_quietly(temp)
             raise CheckpointError(f"could not write checkpoint {key!r} to {self.url}: {exc}") from exc
-        return CheckpointRef(key=key, step=step, sha256=digest, size=size)
+        return CheckpointRef(key=key, step=step, sha256=sha256, size=size)
 
     def copy(self, key: str, sha256: str, *, run: str, member_id: int, step: int) -> CheckpointRef:
         """Copy a checkpoint (after verifying it) to a new key owned by ``member_id``."""
@@ -121,7 +121,7 @@ class CheckpointStore:
                 partial = f"{local}.part-{uuid.uuid4().hex[:8]}"
                 self.fs.get(path, partial, recursive=self.fs.isdir(path))
                 os.replace(partial, local)
-        found, _ = _local_digest(local)
+        found, _ = digest(local)
         if found != sha256:
             raise CorruptCheckpointError(
                 f"checkpoint {key!r} in {self.url} is corrupt: sha256 {found[:12]}... != recorded {sha256[:12]}..."
@@ -143,26 +143,29 @@ class CheckpointStore:
             pass
 
 
-def _local_digest(path: str) -> tuple[str, int]:
-    """SHA-256 of a file, or of a folder's (relative path, bytes) pairs in sorted order."""
-    digest = hashlib.sha256()
+def digest(path: str) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a local file, or of a folder's (relative path, bytes) pairs in sorted order.
+
+    This is the checksum the checkpoint store records.
+    """
+    hasher = hashlib.sha256()
     size = 0
     if os.path.isdir(path):
         files = sorted(
             os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names
         )
         for rel in files:
-            digest.update(rel.replace(os.sep, "/").encode() + b"\0")
-            size += _feed(digest, os.path.join(path, rel))
+            hasher.update(rel.replace(os.sep, "/").encode() + b"\0")
+            size += _feed(hasher, os.path.join(path, rel))
     else:
-        size = _feed(digest, path)
-    return digest.hexdigest(), size
+        size = _feed(hasher, path)
+    return hasher.hexdigest(), size
 
 
-def _feed(digest: Any, path: str) -> int:
+def _feed(hasher: Any, path: str) -> int:
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+            hasher.update(chunk)
             size += len(chunk)
     return size

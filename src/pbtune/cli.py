@@ -78,9 +78,32 @@ def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: in
 
 
 @app.command()
-def status(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = StorageOption,
-           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
-    """Table of the run's members: step, score, hyperparameters, state (* marks the best)."""
+def status(
+    run_name: str | None = typer.Argument(None, metavar="RUN"),
+    storage: str = StorageOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    server: str | None = typer.Option(None, "--server", help="Ask a running pbtune server (URL) instead."),
+    auth_key_file: str | None = typer.Option(None, "--auth-key-file", envvar="PBTUNE_AUTH_KEY_FILE",
+                                                help="File holding the server's key (with --server)."),
+) -> None:
+    """Table of the run's members: step, score, hyperparameters, state (* marks the best).
+
+    With --server URL, the live population of a pbtune server (RUN is not needed).
+    """
+    if server is not None:
+        if auth_key_file is None:
+            _fail("--server needs --auth-key-file (or PBTUNE_AUTH_KEY_FILE)")
+            return
+        try:
+            from pbtune.server.status import show_server_status
+
+            show_server_status(server, auth_key_file, as_json=as_json, console=console)
+        except (PBTuneError, ModuleNotFoundError) as exc:
+            _fail(str(exc))
+        return
+    if run_name is None:
+        _fail("RUN is required (or --server URL)")
+        return
     try:
         store = open_store(storage)
         cfg = store.get_run(run_name).config

@@ -79,6 +79,9 @@ def test_server_status_command_prints_the_live_population(
     raw = runner.invoke(app, ["server-status", server.url, "--auth-key-file", str(key_file), "--json"])
     view = json.loads(raw.output)
     assert view["members"][client.member_id]["step"] == 3
+    same = runner.invoke(app, ["status", "--server", server.url, "--auth-key-file", str(key_file), "--json"])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.output)["members"][client.member_id]["step"] == 3
     key_file.write_text("wrong")
     refused = runner.invoke(app, ["server-status", server.url, "--auth-key-file", str(key_file)])
     assert refused.exit_code == 2 and "auth key" in refused.output

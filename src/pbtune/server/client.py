@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from pbtune.checkpoints import _local_digest  # the checksum the checkpoint store records
+from pbtune.checkpoints import digest  # the checksum the checkpoint store records
 from pbtune.errors import CheckpointError, CorruptCheckpointError, InvalidConfigError, PBTuneError
 from pbtune.member import Donor
 from pbtune.server._http import RetryingTransport, tls_verify
@@ -298,7 +298,7 @@ class PBTClient:
 
     def _local_checkpoint(self, found: Mapping[str, Any]) -> str:
         path, sha = str(found["path"]), str(found["sha256"])
-        if self.checkpoint_mode != "upload" and os.path.exists(path) and _local_digest(path)[0] == sha:
+        if self.checkpoint_mode != "upload" and os.path.exists(path) and digest(path)[0] == sha:
             return path  # the same bytes on a shared filesystem
         if found["is_dir"]:
             raise CheckpointError(f"checkpoint {path!r} is a folder on the server, not visible here: folder"
