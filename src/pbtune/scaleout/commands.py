@@ -115,7 +115,9 @@ def store_version(url: str = typer.Argument(..., help="SQLAlchemy URL of the pop
     try:
         found = current_version(url)
     except Exception as exc:  # noqa: BLE001 - report the driver's message, not a traceback
-        _fail(f"could not read {url}: {exc}")
+        import sqlalchemy as sa
+
+        _fail(f"could not read {sa.engine.make_url(url).render_as_string(hide_password=True)}: {exc}")
         return
     typer.echo(json.dumps({"database": found, "pbtune": SCHEMA_VERSION}))
 

@@ -166,7 +166,7 @@ def launch_ray(
         init_kwargs: extra ``ray.init`` arguments when this call starts Ray.
 
     Raises:
-        PBTuneError: Ray is not installed, or every actor died before the population finished.
+        PBTuneError: Ray is not installed, or an actor died after all restarts were used.
         InvalidConfigError: bad ``resources_per_worker`` or an unreachable store.
 
     Example::
