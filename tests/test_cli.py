@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pbtune.cli import app
@@ -58,3 +59,22 @@ def test_unknown_run_and_member(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no run named 'nope'" in result.output
     bad = runner.invoke(app, ["lineage", "nope", "x", "--storage", storage])
     assert bad.exit_code == 2
+
+
+def test_launcher_options_are_checked(tmp_path: Path) -> None:
+    bad = runner.invoke(app, ["run", str(_config(tmp_path)), "--quiet", "--launcher", "slurm"])
+    assert bad.exit_code == 2
+    assert "`--launcher` of `pbtune run` must be 'local' or 'ray'" in " ".join(bad.output.split())
+    mixed = runner.invoke(app, ["run", str(_config(tmp_path)), "--quiet", "--address", "auto"])
+    assert mixed.exit_code == 2 and "used with --launcher ray" in " ".join(mixed.output.split())
+
+
+@pytest.mark.slow
+def test_run_on_ray_from_the_cli(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'pbtune[ray]'")
+    result = runner.invoke(app, ["run", str(_config(tmp_path)), "--quiet", "--launcher", "ray",
+                                 "--resources-per-worker", '{"cpu": 0.5}'])
+    assert result.exit_code == 0, result.output
+    status = json.loads(runner.invoke(app, ["status", "cli", "--storage", f"sqlite:///{tmp_path}/cli.db",
+                                            "--json"]).output)
+    assert all(m["state"] == "finished" and m["step"] == 10 for m in status["members"])

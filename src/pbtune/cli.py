@@ -15,7 +15,7 @@ from rich.table import Table
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
 from pbtune.engine.local import best_member
 from pbtune.engine.local import run as run_population
-from pbtune.errors import PBTuneError
+from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.lineage import schedule
 from pbtune.store import open_store
 from pbtune.types import MemberRecord
@@ -49,11 +49,28 @@ def run(
     checkpoints: str | None = typer.Option(None, help="Override the checkpoint folder/URL."),
     name: str | None = typer.Option(None, help="Override the run name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Plain progress lines instead of a live view (CI logs)."),
+    launcher: str = typer.Option("local", "--launcher", help="Where workers run: local (processes) or ray (actors)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster to join ('auto': the running one)."),
+    resources: str | None = typer.Option(
+        None, "--resources-per-worker", help='Ray resources per worker as JSON, e.g. \'{"cpu": 1, "gpu": 0.5}\'.'
+    ),
 ) -> None:
-    """Run (or resume) the population described by CONFIG on local worker processes."""
+    """Run (or resume) the population described by CONFIG on local worker processes or Ray actors."""
     try:
         cfg = load_config(config, workers=workers, storage=storage, checkpoints=checkpoints, name=name)
-        result = run_population(config=cfg, progress="quiet" if quiet else True)
+        progress = "quiet" if quiet else True
+        if launcher == "ray":
+            from pbtune.scaleout.ray_launcher import launch_ray, parse_resources
+
+            result = launch_ray(cfg, address=address, resources_per_worker=parse_resources(resources),
+                                progress=progress)
+        elif launcher == "local":
+            if address is not None or resources is not None:
+                raise InvalidConfigError("--address/--resources-per-worker", "pbtune run", "used with --launcher ray",
+                                         address or resources)
+            result = run_population(config=cfg, progress=progress)
+        else:
+            raise InvalidConfigError("--launcher", "pbtune run", "'local' or 'ray'", launcher)
     except PBTuneError as exc:
         _fail(str(exc))
         return

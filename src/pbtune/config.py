@@ -68,6 +68,7 @@ class RunConfig:
         lease_seconds: a worker that stops heartbeating for this long loses its member.
         trainable: ``"module:Class"`` or ``"path/to/file.py:Class"`` (for ``pbtune run``).
         trainable_args: keyword arguments for the trainable's constructor.
+        resources_per_worker: what each Ray actor reserves (``--launcher ray``), e.g. ``{"cpu": 1, "gpu": 0.5}``.
     """
 
     name: str
@@ -88,6 +89,7 @@ class RunConfig:
     lease_seconds: float = 60.0
     trainable: str | None = None
     trainable_args: dict[str, Any] = field(default_factory=dict)
+    resources_per_worker: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name or ".." in self.name:
@@ -119,6 +121,13 @@ class RunConfig:
             raise InvalidConfigError("trainable", "config", "'module:Class' or 'file.py:Class'", self.trainable)
         if not isinstance(self.trainable_args, Mapping):
             raise InvalidConfigError("trainable_args", "config", "a mapping", self.trainable_args)
+        if self.resources_per_worker is not None and not (
+            isinstance(self.resources_per_worker, Mapping)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                    for v in self.resources_per_worker.values())
+        ):
+            raise InvalidConfigError("resources_per_worker", "config", 'a mapping like {"cpu": 1, "gpu": 0.5}',
+                                     self.resources_per_worker)
 
     @property
     def exploit_strategy(self) -> ExploitStrategy:
@@ -170,6 +179,7 @@ class RunConfig:
             "lease_seconds": self.lease_seconds,
             "trainable": self.trainable,
             "trainable_args": dict(self.trainable_args),
+            "resources_per_worker": dict(self.resources_per_worker) if self.resources_per_worker else None,
         }
 
 

@@ -135,7 +135,7 @@ class Worker:
         heartbeat.start()
         try:
             while True:
-                record = self.store.claim(
+                record = self._held_member() or self.store.claim(
                     self.config.name, self.worker_id, self.config.lease_seconds, self.config.budget
                 )
                 if record is None:
@@ -147,6 +147,11 @@ class Worker:
         finally:
             heartbeat.stop()
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _held_member(self) -> MemberRecord | None:
+        """A member this worker already leases: a claim whose reply a dropped connection lost."""
+        held = self.store.heartbeat(self.config.name, self.worker_id, self.config.lease_seconds)
+        return self.store.get_member(self.config.name, min(held)) if held else None
 
     def _all_done(self) -> bool:
         return all(m.state.is_final for m in self.store.list_members(self.config.name))

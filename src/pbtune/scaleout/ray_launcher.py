@@ -175,7 +175,7 @@ def launch_ray(
         print(result.best.score, result.checkpoint_path)
     """
     ray = _import_ray()
-    options = ray_options(resources_per_worker)
+    options = ray_options(resources_per_worker if resources_per_worker is not None else config.resources_per_worker)
     config = _portable(config)
     target = trainable if trainable is not None else config.trainable
     if target is None:

@@ -630,7 +630,10 @@ class SQLStore(PopulationStore):
         def body(conn: Connection) -> list[str]:
             member = self._load_member(conn, run, member_id, lock=True)
             c = s.checkpoints.c
-            query = sa.select(c.key).where(c.run == run, c.member_id == member_id).order_by(c.step.desc(), c.created.desc())
+            query = (
+                sa.select(c.key).where(c.run == run, c.member_id == member_id)
+                .order_by(c.step.desc(), c.created.desc())
+            )
             if self._for_update:
                 query = query.with_for_update()
             keys = [r.key for r in conn.execute(query)]
