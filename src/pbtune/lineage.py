@@ -37,36 +37,59 @@ def schedule(events: Iterable[EventRecord], member_id: int, *, until_step: int |
     return _dedupe(_schedule(by_member, member_id, until_step, depth=0))
 
 
+def _visible(
+    by_member: Mapping[int, list[EventRecord]], member_id: int, until_step: int | None, key: str | None
+) -> list[EventRecord]:
+    """The member's events that shaped its checkpoint ``key`` of step ``until_step``.
+
+    A donor can exploit at the very step whose checkpoint another member copies: if the copied
+    key is not the one that exploit produced, the model copied is the donor's own from before
+    that exploit, so the exploit and what followed it at that step are left out.
+    """
+    own = [e for e in by_member.get(member_id, []) if until_step is None or e.step <= until_step]
+    if key is None or until_step is None:
+        return own
+    for index, event in enumerate(own):
+        if event.kind == "exploit" and event.step == until_step and event.checkpoint not in (None, key):
+            return own[:index]
+    return own
+
+
 def _schedule(
-    by_member: Mapping[int, list[EventRecord]], member_id: int, until_step: int | None, depth: int
+    by_member: Mapping[int, list[EventRecord]], member_id: int, until_step: int | None, depth: int,
+    key: str | None = None,
 ) -> list[ScheduleEntry]:
     if depth > 10_000:  # a cycle would be a store bug; do not recurse forever
         raise RuntimeError("lineage has a cycle")
-    own = [e for e in by_member.get(member_id, []) if until_step is None or e.step <= until_step]
+    own = _visible(by_member, member_id, until_step, key)
     last_exploit = max((i for i, e in enumerate(own) if e.kind == "exploit"), default=None)
     if last_exploit is None:
         return [ScheduleEntry(e.step, dict(e.new_hparams or {}), member_id, e.kind) for e in own]
     pivot = own[last_exploit]
     assert pivot.donor_id is not None and pivot.donor_step is not None
-    inherited = _schedule(by_member, pivot.donor_id, pivot.donor_step, depth + 1)
+    inherited = _schedule(by_member, pivot.donor_id, pivot.donor_step, depth + 1, pivot.donor_checkpoint)
     # the donor's model at its step d is d + (its own offset) steps old, not d
-    shift = pivot.donor_step + _age_offset(by_member, pivot.donor_id, pivot.donor_step, depth + 1) - pivot.step
+    offset = _age_offset(by_member, pivot.donor_id, pivot.donor_step, depth + 1, pivot.donor_checkpoint)
+    shift = pivot.donor_step + offset - pivot.step
     tail = [
         ScheduleEntry(e.step + shift, dict(e.new_hparams or {}), member_id, e.kind) for e in own[last_exploit:]
     ]
     return inherited + tail
 
 
-def _age_offset(by_member: Mapping[int, list[EventRecord]], member_id: int, until_step: int, depth: int) -> int:
+def _age_offset(
+    by_member: Mapping[int, list[EventRecord]], member_id: int, until_step: int, depth: int, key: str | None
+) -> int:
     """Model age minus member step, for ``member_id``'s steps after its last exploit up to ``until_step``."""
     if depth > 10_000:
         raise RuntimeError("lineage has a cycle")
-    exploits = [e for e in by_member.get(member_id, []) if e.kind == "exploit" and e.step <= until_step]
+    exploits = [e for e in _visible(by_member, member_id, until_step, key) if e.kind == "exploit"]
     if not exploits:
         return 0
     pivot = exploits[-1]
     assert pivot.donor_id is not None and pivot.donor_step is not None
-    return pivot.donor_step + _age_offset(by_member, pivot.donor_id, pivot.donor_step, depth + 1) - pivot.step
+    offset = _age_offset(by_member, pivot.donor_id, pivot.donor_step, depth + 1, pivot.donor_checkpoint)
+    return pivot.donor_step + offset - pivot.step
 
 
 def _dedupe(entries: list[ScheduleEntry]) -> list[ScheduleEntry]:

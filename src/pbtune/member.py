@@ -219,6 +219,7 @@ class Member:
                 self.run, self.member_id, expected_version=me.version, donor_id=donor.member_id,
                 donor_step=decision.donor_step, hparams=donor.hparams if decision.copy_hparams else me.hparams,
                 checkpoint=copy, summary=summary if decision.copy_hparams else f"{summary} (weights only)",
+                donor_checkpoint=key,
             )
         finally:
             self._store.unpin_checkpoint(self.run, key, holder)

@@ -96,6 +96,8 @@ class EventRecord:
     old_hparams: Mapping[str, Any] | None = None
     new_hparams: Mapping[str, Any] | None = None
     summary: str = ""
+    donor_checkpoint: str | None = None  # exploit: the donor's checkpoint key that was copied
+    checkpoint: str | None = None  # exploit: the key of this member's copy
 
 
 @dataclass(frozen=True)

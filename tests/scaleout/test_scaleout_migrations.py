@@ -93,3 +93,23 @@ def test_store_commands(tmp_path: Path) -> None:
         conn.exec_driver_sql("UPDATE pbtune_meta SET value = '99' WHERE key = 'schema_version'")
     refused = runner.invoke(app, ["store", "upgrade", url])
     assert refused.exit_code == 2 and "newer" in refused.output
+
+
+def test_a_version_1_database_is_upgraded_to_version_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/v1.db"
+    store = SQLStore(url)
+    store.create_run("r", {})
+    store.add_member("r", 0, {"lr": 0.1})
+    store.close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # turn it into what pbtune's schema 1 wrote
+        conn.exec_driver_sql("ALTER TABLE pbtune_events DROP COLUMN donor_checkpoint")
+        conn.exec_driver_sql("ALTER TABLE pbtune_events DROP COLUMN checkpoint")
+        conn.exec_driver_sql("UPDATE pbtune_meta SET value = '1' WHERE key = 'schema_version'")
+    engine.dispose()
+    with pytest.raises(SchemaVersionError, match="pbtune store upgrade"):
+        SQLStore(url)
+    assert (upgrade(url).found, current_version(url)) == (1, 2)
+    reopened = SQLStore(url)
+    (init,) = reopened.events("r")
+    assert init.kind == "init" and init.donor_checkpoint is None and init.checkpoint is None

@@ -120,7 +120,7 @@ def upgrade(
         >>> import tempfile
         >>> url = f"sqlite:///{tempfile.mkdtemp()}/pbt.db"
         >>> upgrade(url)
-        Upgrade(found=None, now=1)
+        Upgrade(found=None, now=2)
         >>> upgrade(url).changed
         False
     """
@@ -167,3 +167,10 @@ def upgrade(
         raise StoreError(f"schema upgrade of {safe} failed; nothing was changed: {exc}") from exc
     finally:
         engine.dispose()
+
+
+@migration(1)
+def _exploit_events_record_checkpoints(conn: Connection) -> None:
+    """v1 -> v2: exploit events name the donor checkpoint copied and the copy (older events keep NULL)."""
+    conn.execute(sa.text("ALTER TABLE pbtune_events ADD COLUMN donor_checkpoint VARCHAR(500)"))
+    conn.execute(sa.text("ALTER TABLE pbtune_events ADD COLUMN checkpoint VARCHAR(500)"))

@@ -14,7 +14,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: exploit events record the donor checkpoint copied and the copy made
 
 metadata = MetaData()
 
@@ -77,6 +77,8 @@ events = Table(
     Column("kind", String(16), nullable=False),
     Column("donor_id", Integer),
     Column("donor_step", Integer),
+    Column("donor_checkpoint", String(500)),  # the key copied (v2)
+    Column("checkpoint", String(500)),  # the copy this member made of it (v2)
     Column("old_hparams", JSON),
     Column("new_hparams", JSON),
     Column("summary", Text, nullable=False, default=""),

@@ -123,8 +123,12 @@ class PopulationStore(abc.ABC):
         hparams: Mapping[str, Any],
         checkpoint: CheckpointRef | None,
         summary: str,
+        donor_checkpoint: str | None = None,
     ) -> MemberRecord | None:
         """Take the donor's hyperparameters and the copy of its checkpoint; append an ``exploit`` event.
+
+        ``donor_checkpoint`` (the donor's key that was copied) is recorded in the event, so the
+        lineage knows which of a donor's checkpoints of the same step was taken.
 
         ``checkpoint`` is None when the weights were copied without the checkpoint store (the
         vectorized engine copies them in memory); the member's checkpoint fields stay as they are.

@@ -444,6 +444,7 @@ class SQLStore(PopulationStore):
         hparams: Mapping[str, Any],
         checkpoint: CheckpointRef | None,
         summary: str,
+        donor_checkpoint: str | None = None,
     ) -> MemberRecord | None:
         def body(conn: Connection) -> MemberRecord | None:
             member = self._load_member(conn, run, member_id, lock=True)
@@ -462,6 +463,7 @@ class SQLStore(PopulationStore):
             self._append_event(
                 conn, member, "exploit", donor_id=donor_id, donor_step=donor_step,
                 old_hparams=dict(member.hparams), new_hparams=dict(hparams), summary=summary,
+                donor_checkpoint=donor_checkpoint, checkpoint=checkpoint.key if checkpoint is not None else None,
             )
             return updated
 
@@ -598,6 +600,7 @@ class SQLStore(PopulationStore):
                     id=r.id, run=r.run, member_id=r.member_id, step=r.step, kind=r.kind, time=r.time,
                     donor_id=r.donor_id, donor_step=r.donor_step, old_hparams=r.old_hparams,
                     new_hparams=r.new_hparams, summary=r.summary or "",
+                    donor_checkpoint=r.donor_checkpoint, checkpoint=r.checkpoint,
                 )
                 for r in rows
             )
