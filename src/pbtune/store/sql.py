@@ -162,7 +162,7 @@ class SQLStore(PopulationStore):
             if not in_memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=100")  # short: our retry loop is fairer than SQLite's backoff
+            cursor.execute("PRAGMA busy_timeout=20")  # short: our retry loop is fairer than SQLite's backoff
             cursor.close()
 
         @event.listens_for(engine, "begin")
