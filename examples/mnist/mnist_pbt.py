@@ -347,8 +347,12 @@ def plot_run(config: pbtune.RunConfig, out_dir: str, hparam: str = "lr") -> list
             continue
         xs = [e.step for e in entries] + [m.step]
         ys = [float(e.hparams[hparam]) for e in entries]
-        ax.step(xs, ys + ys[-1:], where="post", label=f"member {m.member_id}", lw=1)
-    ax.set(xlabel="step", ylabel=hparam, yscale="log", title=f"{config.name}: {hparam} schedule per member")
+        # Members that descend from the same ancestor share the start of their schedule: vary the
+        # line style so overlapping lines stay visible.
+        ax.step(xs, ys + ys[-1:], where="post", label=f"member {m.member_id}", lw=1.5, alpha=0.8,
+                linestyle=("-", "--", ":", "-.")[m.member_id % 4])
+    ax.set(xlabel="step (the model's age, through its ancestors)", ylabel=hparam, yscale="log",
+           title=f"{config.name}: {hparam} schedule per member")
     ax.legend(fontsize=6, ncol=2)
     paths.append(os.path.join(out_dir, f"{config.name}-{hparam}-schedule.png"))
     fig.savefig(paths[1], dpi=120, bbox_inches="tight")
