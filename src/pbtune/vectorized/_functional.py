@@ -64,6 +64,10 @@ def make_template(module: nn.Module, *, member_dropout: bool) -> tuple[nn.Module
 
 # -- losses ---------------------------------------------------------------------------------------
 def _cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
+        # Same value and gradient as F.cross_entropy; under vmap about 10% faster per step
+        # (F.nll_loss is batched through a Python decomposition).
+        return -outputs.log_softmax(dim=-1).gather(-1, targets.unsqueeze(-1)).mean()
     return F.cross_entropy(outputs, targets)
 
 
