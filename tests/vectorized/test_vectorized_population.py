@@ -119,7 +119,8 @@ def test_per_member_dropout_probability():
     noisy = pop.forward(probe, slice(0, 3), train=True)
     assert not torch.equal(noisy[1] == 0, noisy[2] == 0)
     with pytest.raises(InvalidConfigError, match="`dropout` of `hparams of member 0` must be in \\[0, 1\\)"):
-        pop.set_hparams(0, {"lr": 0.1, "dropout": 1.0})
+        pop.set_hparams(0, {"lr": 0.7, "dropout": 1.0})
+    assert pop.optimizer.member_hparams(0)["lr"] == 0.1 and pop.hparams[0]["dropout"] == 0.0  # all or nothing
 
 
 def test_dropout_zero_member_trains_like_the_model_without_dropout():

@@ -138,15 +138,16 @@ class StackedPopulation:
 
     # -- hyperparameters ------------------------------------------------------------------------
     def set_hparams(self, index: int, hparams: Mapping[str, Any]) -> None:
-        """Give member ``index`` these hyperparameters (optimizer and tensor ones)."""
-        self.optimizer.set_member(index, hparams)
-        for name in self.tensor_hparam_names:
-            value = hparams[name]
+        """Give member ``index`` these hyperparameters (optimizer and tensor ones); all or nothing."""
+        for name in self.tensor_hparam_names:  # validate everything before changing anything
+            value = hparams.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidConfigError(name, f"hparams of member {index}", "a number", value)
             if name == "dropout" and not 0.0 <= value < 1.0:
                 raise InvalidConfigError(name, f"hparams of member {index}", "in [0, 1)", value)
-            self.hp_tensors[name][index] = float(value)
+        self.optimizer.set_member(index, hparams)  # validates its own values first
+        for name in self.tensor_hparam_names:
+            self.hp_tensors[name][index] = float(hparams[name])
         self.hparams[index] = dict(hparams)
 
     # -- training -------------------------------------------------------------------------------
