@@ -33,6 +33,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _program() -> str:
+    """How the user reached this command (e.g. `.venv/bin/pbtune` after `make demo`), for hints."""
+    invoked = sys.argv[0] if sys.argv else "pbtune"
+    if os.path.basename(invoked) == "pbtune" and os.path.dirname(invoked):
+        return os.path.relpath(invoked)
+    return "pbtune"
+
+
 def _fmt_hparams(hparams: Any) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in dict(hparams).items())
 
@@ -80,7 +88,7 @@ def run(
     where = cfg.checkpoints if "://" in cfg.checkpoints else os.path.abspath(cfg.checkpoints)
     console.print(f"  checkpoints: {where}")
     console.print(f"  best checkpoint: {result.checkpoint_path}")
-    console.print(f"  inspect: pbtune status {cfg.name} --storage {cfg.storage}")
+    console.print(f"  inspect: {_program()} status {cfg.name} --storage {cfg.storage}")
 
 
 def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None) -> Table:
@@ -222,7 +230,8 @@ def demo(workers: int = typer.Option(2, help="Worker processes."),
     console.print(f"  results store:    {cfg.storage}  (sqlite file {os.path.abspath(DEFAULT_DIR)}/pbtune.db)")
     console.print(f"  checkpoints:      {os.path.abspath(cfg.checkpoints)}")
     console.print(f"  best checkpoint:  {result.checkpoint_path}")
-    console.print(f"  look at them:     pbtune status {name}; pbtune lineage {name} best")
+    prog = _program()
+    console.print(f"  look at them:     {prog} status {name}; {prog} lineage {name} best")
 
 
 # Commands of other subsystems register themselves: each module defines register(app).
