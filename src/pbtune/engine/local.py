@@ -127,7 +127,6 @@ def run(
         raise PBTuneError("no trainable: pass one to run() or set `trainable` in the config")
     if isinstance(target, str):
         load_trainable(target)  # fail here, not in every worker
-    _ensure_parent_dir(config.storage)
     population = Population(config, initial=initial)
     context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
@@ -180,14 +179,6 @@ def run(
             watcher.update(population.store, config)
             watcher.close()
     return summarize(config, population.store, population.checkpoints)
-
-
-def _ensure_parent_dir(url: str) -> None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and len(url) > len(prefix):
-        folder = os.path.dirname(url[len(prefix):])
-        if folder:
-            os.makedirs(folder, exist_ok=True)
 
 
 class Monitor(Protocol):

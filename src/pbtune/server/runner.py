@@ -127,7 +127,6 @@ class PBTServer:
 
     def build_app(self) -> Any:
         """Open the store (creating or reopening the run) and return the FastAPI application."""
-        _ensure_sqlite_folder(self.template["storage"])
         uploads = UploadArea(self.upload_dir, max_bytes=self.max_upload_bytes)
         uploads.sweep()
         self.service = PopulationService(self.template, uploads=uploads, shared_roots=self.shared_roots)
@@ -255,9 +254,3 @@ def _default_upload_dir(template: Mapping[str, Any]) -> str:
     return os.path.join(tempfile.gettempdir(), "pbtune-uploads", digest)
 
 
-def _ensure_sqlite_folder(url: str) -> None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and len(url) > len(prefix):
-        folder = os.path.dirname(url[len(prefix):])
-        if folder:
-            os.makedirs(folder, exist_ok=True)

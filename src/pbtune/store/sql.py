@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -134,6 +135,7 @@ class SQLStore(PopulationStore):
         self._rng = random.Random()
         self._engine = self._make_engine(url)
         if create:
+            self._make_sqlite_folder()
             self._transaction(self._ensure_schema)
         else:
             self._check_schema_version()
@@ -171,6 +173,13 @@ class SQLStore(PopulationStore):
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
+
+    def _make_sqlite_folder(self) -> None:
+        """``sqlite:///runs/pbt.db`` may name a folder that does not exist yet: create it."""
+        database = self._engine.url.database
+        if self._engine.dialect.name == "sqlite" and database not in (None, "", ":memory:"):
+            folder = os.path.dirname(os.path.abspath(database))
+            os.makedirs(folder, exist_ok=True)
 
     @property
     def _for_update(self) -> bool:
