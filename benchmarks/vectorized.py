@@ -252,7 +252,9 @@ def measure(way: str, population: int, args: argparse.Namespace, threads: int = 
         "--interval",
         str(args.interval),
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # Threads that spin while waiting for each other are 4x slower than one thread when other
+    # processes share the cores; passive waiting is the setting for a shared machine.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"{way} at population {population} failed:\n{done.stderr[-4000:]}")
@@ -280,7 +282,8 @@ def main() -> None:
         f"digits MLP 64-128-10, batch {BATCH}; a PBT step = {args.batches} minibatch updates + evaluation; "
         f"ready every {args.interval} steps; {args.steps} steps per member; cpu count {os.cpu_count()}"
     )
-    print("member-step = one minibatch SGD update of one member; figures are member-steps per second (wall)\n")
+    print("member-step = one minibatch SGD update of one member; figures are member-steps per second (wall)")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}; load average before: {os.getloadavg()}\n")
     header = f"{'pop':>5} {'way':<22} {'steps/s':>10} {'wall s':>8} {'peak MiB':>9} {'best acc':>9}  note"
     print(header)
     print("-" * len(header))
@@ -334,6 +337,7 @@ def main() -> None:
             "sequential": round(seq["peak_rss_mib"]),
         }
         summary[str(population)] = figures
+    print(f"load average after: {os.getloadavg()} (other processes on this machine slow every figure)")
     print(json.dumps(summary))
 
 
