@@ -55,6 +55,7 @@ class DigitsMLP(pbtune.Trainable):
         self.loss_fn = nn.CrossEntropyLoss()
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self.hparams = dict(hparams)
         for group in self.optimizer.param_groups:
             group["lr"] = float(hparams["lr"])
             group["momentum"] = float(hparams.get("momentum", 0.0))
@@ -86,7 +87,8 @@ class DigitsMLP(pbtune.Trainable):
     def load(self, path: str) -> None:
         state = torch.load(path, weights_only=True)  # never unpickle arbitrary objects
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # this brings back the saver's lr...
+        self.set_hparams(self.hparams)  # ...so re-apply ours (after an exploit: the explored ones)
         self.generator.set_state(state["rng"])
 
 

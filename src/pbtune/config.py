@@ -216,6 +216,11 @@ def load_config(path: str, **overrides: Any) -> RunConfig:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidConfigError("json", path, f"valid JSON ({exc})", text[:80]) from None
+    from pbtune.legacy import convert_legacy_config, is_legacy_config
+
+    if is_legacy_config(data):  # the JSON style of the earlier MNIST-PBT project
+        stem = os.path.splitext(os.path.basename(path))[0]
+        data = convert_legacy_config(data, trainable=data.get("trainable"), name=data.get("name", stem))
     if isinstance(data, dict):
         data.update({k: v for k, v in overrides.items() if v is not None})
     return RunConfig.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))

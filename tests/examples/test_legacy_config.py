@@ -93,16 +93,6 @@ def test_shipped_legacy_json_runs_and_improves(tmp_path):
     assert all(0.5 <= m.hparams["keep_prob"] <= 0.99 for m in out.store.list_members("legacy"))
 
 
-def _load_config_understands_legacy() -> bool:
-    try:
-        pbtune.load_config(example_path("mnist", "legacy.json"))
-    except pbtune.InvalidConfigError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _load_config_understands_legacy(),
-                    reason="pbtune.config.load_config does not call pbtune.legacy yet (hook owned by the core)")
 def test_cli_runs_legacy_json(tmp_path):
     pytest.importorskip("torch")
     path = tmp_path / "legacy.json"

@@ -47,7 +47,11 @@ class Trainable(abc.ABC):
 
     @abc.abstractmethod
     def load(self, path: str) -> None:
-        """Restore from a file written by :meth:`save` (possibly another member's)."""
+        """Restore from a file written by :meth:`save` (possibly another member's).
+
+        Keep the hyperparameters given to ``setup``: e.g. torch's ``optimizer.load_state_dict``
+        restores the saver's lr, so re-apply your own after loading it.
+        """
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
         """Apply new hyperparameters in place (e.g. set the optimizer's lr).
