@@ -78,6 +78,7 @@ def run_vectorized(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         exploit=EXPLOIT,
         explore=EXPLORE,
         mode="max",
+        device=args.device,
         name="bench-vec",
         seed=0,
         storage=f"sqlite:///{workdir}/pbt.db",
@@ -251,6 +252,8 @@ def measure(way: str, population: int, args: argparse.Namespace, threads: int = 
         str(args.steps),
         "--interval",
         str(args.interval),
+        "--device",
+        args.device,
     ]
     # Threads that spin while waiting for each other are 4x slower than one thread when other
     # processes share the cores; passive waiting is the setting for a shared machine.
@@ -272,6 +275,7 @@ def main() -> None:
     parser.add_argument("--child", choices=sorted(WAYS), help=argparse.SUPPRESS)
     parser.add_argument("--population", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="device of (a), e.g. cuda; (b) and (c) stay on CPU")
     args = parser.parse_args()
     if args.child:
         args.way = args.child
