@@ -15,25 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import torch
 from torch import nn
 
 from pbtune.server import PBTClient
 
+HERE_EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE_EXAMPLES)  # the data and model of examples/digits_mlp.py
+from digits_mlp import digits_split, make_mlp  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """80/20 train/validation split of the bundled digits data, features in [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(x))
-    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
 
 
 def set_hparams(optimizer: torch.optim.Optimizer, hparams: dict[str, float]) -> None:
@@ -58,9 +51,9 @@ def main() -> None:
     # joins a free member; after a crash, the identity file brings it back as the same member
     client = PBTClient(args.url, None, key, args.space,
                        identity_file=os.path.join(args.workdir, f"{args.name}.member.json"))
-    x, y, x_val, y_val = digits()
+    x, y, x_val, y_val = digits_split()
     torch.manual_seed(client.member_id)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     if client.parameters_path() is not None:  # a restarted client continues from its last save
         model.load_state_dict(torch.load(client.parameters_path()))

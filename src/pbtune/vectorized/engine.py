@@ -285,7 +285,6 @@ class VectorizedPBT:
         if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 1):
             raise InvalidConfigError("until", "VectorizedPBT.run", "an integer >= 1 or None", until)
         cfg = self.config
-        _ensure_parent_dir(cfg.storage)
         handle = Population(cfg)
         store = self.store = handle.store
         records = {m.member_id: m for m in store.list_members(cfg.name)}
@@ -764,14 +763,6 @@ def _check_data(data: Any, field_name: str) -> tuple[torch.Tensor, torch.Tensor]
             (len(inputs), len(targets)),
         )
     return inputs, targets
-
-
-def _ensure_parent_dir(url: str) -> None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and len(url) > len(prefix):
-        folder = os.path.dirname(url[len(prefix) :])
-        if folder:
-            os.makedirs(folder, exist_ok=True)
 
 
 def _checkpoint_store(config: RunConfig) -> Any:
