@@ -128,9 +128,9 @@ def test_sixteen_processes_five_hundred_reports(kind: str, tmp_path: Path, reque
 
 # -- PostgreSQL drops every connection, again and again ------------------------------------------
 def _drop_connections_run(pg_admin: str, pg_url: str, tmp_path: Path, *, population: int, budget: int,
-                          every: float) -> int:
+                          every: float, step_seconds: float = 0.01) -> int:
     config = quadratic_config("drops", pg_url, str(tmp_path / "ck"), population=population, budget=budget,
-                              lease_seconds=10.0, trainable_args={"step_seconds": 0.01})
+                              lease_seconds=10.0, trainable_args={"step_seconds": step_seconds})
     pop = Population(config)
     database = sa.engine.make_url(pg_url).database or ""
     stop = threading.Event()
@@ -158,7 +158,11 @@ def _drop_connections_run(pg_admin: str, pg_url: str, tmp_path: Path, *, populat
 
 
 def test_workers_reconnect_when_postgres_drops_connections(pg_admin: str, pg_url: str, tmp_path: Path) -> None:
-    killed = _drop_connections_run(pg_admin, pg_url, tmp_path, population=4, budget=20, every=0.4)
+    # Steps of 50 ms: the run lasts at least 4 x 20 x 0.05 / 2 = 2 s, about 10 rounds of the
+    # killer, however fast the machine (at 10 ms steps a fast machine finished after 3 kills).
+    killed = _drop_connections_run(
+        pg_admin, pg_url, tmp_path, population=4, budget=20, every=0.2, step_seconds=0.05
+    )
     assert killed >= 4  # sessions really were cut while the workers trained
 
 

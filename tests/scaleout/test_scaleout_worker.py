@@ -83,8 +83,10 @@ def test_workers_started_from_one_config_file_create_the_run_once(tmp_path: Path
 def test_sigterm_gives_the_member_back_at_once(tmp_path: Path) -> None:
     """A stopped worker (SLURM preemption, pod eviction) frees its member without waiting for the lease."""
     storage = f"sqlite:///{tmp_path}/pbt.db"
+    # segments of 200 steps x 50 ms: the member seen held at step 5 is still the worker's at SIGTERM
+    # (with short segments the time-sharing worker may already have switched to the other member)
     config = quadratic_config("term", storage, str(tmp_path / "ck"), population=2, budget=400, lease_seconds=600,
-                              trainable_args={"step_seconds": 0.05})
+                              ready={"interval": 200}, trainable_args={"step_seconds": 0.05})
     population = Population(config)
     proc = start_worker("term", storage)
     held: list = []
