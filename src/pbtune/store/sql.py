@@ -75,11 +75,13 @@ def _score_in(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _score_out(value: float | None, reported: bool) -> float | None:
+def _reported_score(value: float | None) -> float:
     # SQLite turns NaN into NULL; a reported-but-NULL score was NaN.
-    if value is None:
-        return math.nan if reported else None
-    return float(value)
+    return math.nan if value is None else float(value)
+
+
+def _score_out(value: float | None, reported: bool) -> float | None:
+    return _reported_score(value) if reported else None if value is None else float(value)
 
 
 # Hot statements are built once: constructing SQLAlchemy expressions costs more than SQLite.
@@ -328,7 +330,7 @@ class SQLStore(PopulationStore):
             if row is None:
                 insert = sa.insert(s.runs).values(name=name, config=dict(config), created=self._clock())
                 self._insert_unless_raced(conn, insert)
-                row = conn.execute(sa.select(s.runs).where(s.runs.c.name == name)).first()
+                row = conn.execute(sa.select(s.runs).where(s.runs.c.name == name)).one()
             return RunRecord(row.name, dict(row.config), row.created)
 
         return self._transaction(body)
@@ -592,7 +594,7 @@ class SQLStore(PopulationStore):
                 query = query.where(s.scores.c.member_id == member_id)
             rows = conn.execute(query.order_by(s.scores.c.id))
             return tuple(
-                ScoreRecord(r.run, r.member_id, r.step, _score_out(r.score, True), r.time, dict(r.metrics or {}))
+                ScoreRecord(r.run, r.member_id, r.step, _reported_score(r.score), r.time, dict(r.metrics or {}))
                 for r in rows
             )
 
