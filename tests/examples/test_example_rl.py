@@ -12,6 +12,8 @@ pytest.importorskip("gymnasium")
 
 from conftest import example_path  # noqa: E402
 
+import pbtune  # noqa: E402
+
 
 def _module():
     spec = importlib.util.spec_from_file_location("rl_pbt_example", example_path("rl", "rl_pbt.py"))
@@ -41,3 +43,22 @@ def test_checkpoint_carries_weights_and_recent_returns(tmp_path):
     for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert bool((p == q).all())
     assert b.evaluate(episodes=1)["greedy_return"] >= 1.0
+
+
+def test_the_lunarlander_config_runs_end_to_end(run_small):
+    pytest.importorskip("Box2D", reason="LunarLander-v3 needs Box2D: pip install 'gymnasium[box2d]'")
+    full = pbtune.load_config(example_path("rl", "lunarlander.yaml"))
+    # The full config's agent and space, cut to 2 members x 3 steps of 2 updates (1536 env steps each).
+    out = run_small(
+        "rl",
+        "lunarlander.yaml",
+        population=2,
+        workers=1,
+        budget=3,
+        ready={"interval": 1},
+        trainable_args={**full.trainable_args, "updates_per_step": 2, "window": 5},
+    )
+    assert out.config.trainable_args["env"] == "LunarLander-v3"
+    assert len(out.final) == 2  # both members finished with a finite score
+    assert all(-1000.0 < score < 400.0 for score in out.final.values())  # LunarLander's return range
+    assert out.events("exploit")  # the lower-scoring member copied the other
