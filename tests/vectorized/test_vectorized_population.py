@@ -9,10 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the vectorized engine needs PyTorch (pip install 'pbtune[torch]')")
 from torch import nn  # noqa: E402
-from vectorized_helpers import batches, blobs, bn_mlp, build_population, dropout_mlp, mlp  # noqa: E402
+from vectorized_helpers import CUDA, batches, blobs, bn_mlp, build_population, dropout_mlp, mlp  # noqa: E402
 
 import pbtune.vectorized as pv  # noqa: E402
 from pbtune.errors import CheckpointError, InvalidConfigError  # noqa: E402
+from pbtune.vectorized._functional import resolve_loss  # noqa: E402
 from pbtune.vectorized.chunking import ChunkPlan, chunk_slices, plan_chunks  # noqa: E402
 from pbtune.vectorized.population import atomic_save, load_checkpoint  # noqa: E402
 
@@ -217,3 +218,77 @@ def test_a_weights_only_copy_keeps_the_receivers_hyperparameters():
     assert torch.equal(pop.member_state_dict(0)["0.weight"], pop.member_state_dict(3)["0.weight"])
     assert torch.equal(pop.optimizer.state["momentum_buffer"][0], pop.optimizer.state["momentum_buffer"][3])
     assert (dict(pop.hparams[0]), pop.optimizer.member_hparams(0)) == own
+
+
+@CUDA
+def test_on_cuda_the_chunk_plan_is_measured_and_chunks_train_like_one_batch(monkeypatch):
+    torch.manual_seed(0)
+    models = [bn_mlp() for _ in range(6)]
+    hparams = [{"lr": 0.05 * (i + 1), "momentum": 0.9} for i in range(6)]
+    whole = build_population(models, pv.SGD(), hparams, device="cuda")
+    chunked = build_population(models, pv.SGD(), hparams, device="cuda")
+    x, y = (t.cuda() for t in blobs())
+    index = torch.zeros(6, 16, dtype=torch.long, device="cuda")
+    plan = plan_chunks(whole, x[index], y[index])
+    assert plan.measured and plan.per_member_bytes > 0 and plan.chunks == 1  # a real probe on the GPU
+    import pbtune.vectorized.chunking as chunking
+
+    monkeypatch.setattr(chunking, "available_bytes", lambda device: plan.per_member_bytes * 2)
+    small = plan_chunks(chunked, x[index], y[index], memory_fraction=1.0)
+    assert small.chunk_size == 2 and small.chunks == 3
+    for idx in batches(4, 6, len(x), 16):
+        idx = idx.cuda()
+        whole.train_step(x[idx], y[idx], slice(0, 6))
+        for rows in chunk_slices(6, small.chunk_size):
+            chunked.train_step(x[idx[rows]], y[idx[rows]], rows)
+    for i in range(6):
+        state = chunked.member_state_dict(i)
+        bn_mlp().load_state_dict(state)  # a CUDA member loads into a fresh CPU model
+        for name, value in whole.member_state_dict(i).items():
+            torch.testing.assert_close(state[name], value, rtol=1e-5, atol=1e-6)
+
+
+def _gelu_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.Linear(16, 16, bias=False), nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize(
+    "factory, tensor_hparams, loss",
+    [
+        (mlp, (), "cross_entropy"),
+        (_gelu_mlp, (), "mse"),
+        (dropout_mlp, ("dropout",), "cross_entropy"),  # member dropout 0: masks keep everything
+        (mlp, ("label_smoothing",), "cross_entropy"),  # a loss that reads the members' hparams
+    ],
+)
+def test_the_sequential_fast_path_trains_like_the_vmap_path(factory, tensor_hparams, loss):
+    torch.manual_seed(0)
+    models = [factory() for _ in range(4)]
+    extra = {"dropout": 0.0} if "dropout" in tensor_hparams else {}
+    extra.update({"label_smoothing": 0.1} if "label_smoothing" in tensor_hparams else {})
+    hparams = [{"lr": 0.05 * (i + 1), "momentum": 0.9, **extra} for i in range(4)]
+    pops = {}
+    for fast in (True, False):
+        pop = pv.StackedPopulation(
+            [copy.deepcopy(m) for m in models], pv.SGD(), tensor_hparams=tensor_hparams, fast_path=fast
+        )
+        for i, hp in enumerate(hparams):
+            pop.set_hparams(i, hp)
+        pop.set_loss(*resolve_loss(loss, label_smoothing="label_smoothing" in tensor_hparams))
+        pops[fast] = pop
+    assert pops[True]._layers is not None and pops[False]._layers is None  # noqa: SLF001
+    x, y = blobs()
+    targets = torch.nn.functional.one_hot(y, 3).float() if loss == "mse" else y
+    for idx in batches(5, 4, len(x), 16):
+        losses = [pops[fast].train_step(x[idx], targets[idx], slice(0, 4)) for fast in (True, False)]
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pops[True].params, pops[False].params, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pops[True].forward(x, slice(0, 4)), pops[False].forward(x, slice(0, 4)))
+
+
+def test_models_outside_the_fast_path_use_vmap():
+    assert build_population([bn_mlp()], pv.SGD(), [{"lr": 0.1}])._layers is None  # noqa: SLF001  BatchNorm
+    linear = nn.Linear(6, 6)
+    tied = nn.Sequential(linear, nn.ReLU(), linear)  # one module twice
+    assert build_population([tied], pv.SGD(), [{"lr": 0.1}])._layers is None  # noqa: SLF001
+    assert build_population([mlp()], pv.SGD(), [{"lr": 0.1}])._layers is not None  # noqa: SLF001

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -105,6 +107,17 @@ def _population_state(engine):
     )
 
 
+def _assert_same_population(reference, resumed):
+    """Parameters, buffers, optimizer state and hyperparameters are identical, bit for bit."""
+    for ref, got in zip(_population_state(reference), _population_state(resumed), strict=True):
+        if isinstance(ref, torch.Tensor):
+            assert torch.equal(ref, got)
+        elif isinstance(ref, dict):
+            assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+        else:
+            assert ref == got
+
+
 def test_resume_from_the_population_checkpoint_continues_bit_for_bit(tmp_path):
     space = {**SPACE, "dropout": Float(0.0, 0.5)}  # dropout: the random stream must resume too
     common = dict(checkpoint_interval=2, steps=7)
@@ -115,13 +128,7 @@ def test_resume_from_the_population_checkpoint_continues_bit_for_bit(tmp_path):
     assert all(m.step == 3 and not m.state.is_final for m in split.store.list_members("split"))
     resumed = pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="split", **common))
     resumed.run()
-    for ref, got in zip(_population_state(reference), _population_state(resumed), strict=True):
-        if isinstance(ref, torch.Tensor):
-            assert torch.equal(ref, got)
-        elif isinstance(ref, dict):
-            assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
-        else:
-            assert ref == got
+    _assert_same_population(reference, resumed)
     store = reference.store
 
     def history(run):
@@ -241,6 +248,19 @@ def test_the_engine_trains_on_cuda(tmp_path):
     assert len(open_store(f"sqlite:///{tmp_path}/pbt.db").scores("cuda")) == 36
 
 
+@CUDA
+def test_resume_on_cuda_continues_bit_for_bit(tmp_path):
+    space = {**SPACE, "dropout": Float(0.0, 0.5)}  # the CUDA random stream must resume too
+    common = dict(checkpoint_interval=2, steps=5, device="cuda")
+    reference = pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="ref", **common))
+    reference.run()
+    pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="split", **common)).run(until=2)
+    resumed = pv.VectorizedPBT(dropout_mlp, space, **_settings(tmp_path, name="split", **common))
+    resumed.run()
+    assert resumed.population.params.is_cuda
+    _assert_same_population(reference, resumed)
+
+
 def test_weights_only_exploit_keeps_the_receivers_hyperparameters(tmp_path):
     settings = _settings(
         tmp_path, name="wonly", steps=4, exploit={"name": "truncation", "quantile": 0.34, "copy_hparams": False}
@@ -287,8 +307,10 @@ def test_inline_and_background_writes_record_the_same_run(tmp_path):
         engine = pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name=run, steps=4, **kw))
         engine.run()
         store = engine.store
-        return ([(s.member_id, s.step, s.score) for s in store.scores(run)],
-                [(e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)])
+        return (
+            [(s.member_id, s.step, s.score) for s in store.scores(run)],
+            [(e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)],
+        )
 
     assert history("inline", background_writes=False) == history("background")
 
@@ -314,3 +336,17 @@ def test_cli_reads_a_population_checkpoint_and_extracts_a_member(tmp_path):
         assert torch.equal(model.state_dict()[name], value)
     bad = runner.invoke(app, ["vectorized", "extract", path, "--member", "17", "--out", str(out)])
     assert bad.exit_code == 2 and "MEMBER must be" in bad.output
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="malloc tuning applies to glibc on Linux only",
+)
+def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off():
+    code = "from pbtune.vectorized._malloc import tune_malloc; print(tune_malloc(), tune_malloc())"
+    env = {k: v for k, v in os.environ.items() if k != "PBTUNE_MALLOC_TUNING"}
+    tuned = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert tuned.stdout.split() == ["True", "True"]  # applied, and the second call reports the same
+    env["PBTUNE_MALLOC_TUNING"] = "0"
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert off.stdout.split() == ["False", "False"]

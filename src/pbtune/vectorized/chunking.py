@@ -127,15 +127,7 @@ def _measure_cuda(population: StackedPopulation, inputs: Any, targets: Any, prob
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    grad_fn = population._grad_fn  # noqa: SLF001 - same package
-    assert grad_fn is not None
-    grads, _ = grad_fn(
-        {n: v[rows] for n, v in population._split(population.params).items()},  # noqa: SLF001
-        population._constants(rows),
-        population._hparam_views(rows),  # noqa: SLF001
-        inputs[:probe],
-        targets[:probe],
-    )
+    grads, _ = population.gradients(inputs[:probe], targets[:probe], rows)
     del grads
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base

@@ -42,6 +42,7 @@ from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.strategies import Exploit
 from pbtune.types import MemberRecord, MemberState
 from pbtune.vectorized._functional import LossFn, MetricFn, resolve_loss, resolve_metric
+from pbtune.vectorized._malloc import tune_malloc
 from pbtune.vectorized._writer import BackgroundWriter
 from pbtune.vectorized.chunking import ChunkPlan, chunk_slices, plan_chunks
 from pbtune.vectorized.optim import SGD, OptimizerSpec, optimizer_from_config
@@ -285,6 +286,8 @@ class VectorizedPBT:
         if until is not None and (isinstance(until, bool) or not isinstance(until, int) or until < 1):
             raise InvalidConfigError("until", "VectorizedPBT.run", "an integer >= 1 or None", until)
         cfg = self.config
+        if self.device.type == "cpu":
+            tune_malloc()
         handle = Population(cfg)
         store = self.store = handle.store
         records = {m.member_id: m for m in store.list_members(cfg.name)}

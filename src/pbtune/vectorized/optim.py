@@ -199,13 +199,14 @@ class PopulationOptimizer:
         self.spec.check(values, f"hparams of member {index}")
         for name, value in values.items():
             self._host[name][index] = value if isinstance(value, bool) else float(value)
-        self._refresh()
+        self._stale = True  # rebuilt once before the next update: an exploit round sets many members
 
     def member_hparams(self, index: int) -> dict[str, Any]:
         return {name: values[index] for name, values in self._host.items()}
 
     def _refresh(self) -> None:
         """Rebuild the device tensors from the host lists (only when hyperparameters change)."""
+        self._stale = False
         h64 = {
             n: torch.tensor([float(v) for v in vals], dtype=torch.float64, device=self.device)
             for n, vals in self._host.items()
@@ -228,6 +229,8 @@ class PopulationOptimizer:
 
         ``grads`` is scratch: it may be overwritten.
         """
+        if self._stale:
+            self._refresh()
         if self.spec.kind == "sgd":
             self._sgd(params, grads, rows)
         else:
