@@ -446,7 +446,7 @@ class VectorizedPBT:
                     index = torch.randint(len(x), (size, batch), generator=state.generator, device=self.device)
                     for rows in slices:
                         chunk_index = index[rows]
-                        loss_sum[rows] += self._train_step(x[chunk_index], y[chunk_index], rows)
+                        loss_sum[rows] += self._train_step(_gather(x, chunk_index), _gather(y, chunk_index), rows)
                 state.member_steps += size * self.batches_per_step
                 state.step += 1
                 step = state.step
@@ -705,6 +705,15 @@ def _vmap_errors() -> Iterator[None]:
             "in forward; BatchNorm needs a numeric momentum); see docs/vectorized.md. "
             f"torch said: {str(exc).splitlines()[0]}"
         ) from exc
+
+
+def _gather(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``data[index]`` for a ``[members, batch]`` index: rows picked by one ``index_select``.
+
+    Advanced indexing with a 2-D index is about 7x slower on a CPU (87 vs 13 us per call on the
+    digits data at population 32): a tenth of a whole step.
+    """
+    return data.index_select(0, index.reshape(-1)).view(*index.shape, *data.shape[1:])
 
 
 def _fmt(score: float | None) -> str:

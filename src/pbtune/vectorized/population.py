@@ -31,6 +31,7 @@ from torch import nn
 from pbtune.errors import CheckpointError, InvalidConfigError
 from pbtune.vectorized._functional import LossFn, has_tied_tensors, make_forward_fn, make_loss_fn, make_template
 from pbtune.vectorized._sequential import make_sequential_forward_fn, make_sequential_loss_fn, sequential_layers
+from pbtune.vectorized._sequential_grad import GradFn, make_sequential_grad_fn
 from pbtune.vectorized.optim import OptimizerSpec
 
 __all__ = ["StackedPopulation", "atomic_save", "extract_member", "load_checkpoint", "CHECKPOINT_FORMAT"]
@@ -117,6 +118,7 @@ class StackedPopulation:
         self.hparams: list[dict[str, Any]] = [{} for _ in range(self.size)]
         self._param_views = self._split(self.params)
         self._loss_fn: Callable[..., Any] | None = None
+        self._grad_fn: GradFn | None = None
         self._grad_scratch: torch.Tensor | None = None
         self._tied = has_tied_tensors(first)
         # Plain nn.Sequential MLPs skip vmap (see _sequential.py); others, or fast_path=False, use it.
@@ -165,6 +167,7 @@ class StackedPopulation:
         self._loss_fn = make_loss_fn(self.template, loss, takes_hparams, tie_weights=self._tied)
         if self._layers is not None:
             self._loss_fn = make_sequential_loss_fn(self._layers, loss, takes_hparams, self._loss_fn)
+            self._grad_fn = make_sequential_grad_fn(self._layers, loss)
 
     def train_step(self, inputs: Any, targets: Any, rows: slice) -> torch.Tensor:
         """One minibatch update of the members in ``rows``; ``inputs``/``targets`` are ``[c, B, ...]``.
@@ -180,6 +183,17 @@ class StackedPopulation:
         if self._loss_fn is None:
             raise RuntimeError("call set_loss() before train_step()")
         self._mode(True)
+        count = rows.stop - rows.start
+        if self._grad_scratch is None or self._grad_scratch.shape[0] < count:
+            self._grad_scratch = torch.empty(count, self.dim, device=self.device, dtype=self.dtype)
+        grads = self._grad_scratch[:count]
+        if self._grad_fn is not None:
+            views = {name: view[rows] for name, view in self._param_views.items()}
+            losses = self._grad_fn(
+                views, self._constants(rows), self._hparam_views(rows), inputs, targets, self._split(grads)
+            )
+            if losses is not None:
+                return grads, losses
         # One leaf per parameter, each a view of the stacked rows (no copy). A single leaf over
         # the flat rows would be simpler, but its backward zero-fills a full [c, D] tensor per
         # parameter (slice_backward): half of the step on the digits MLP.
@@ -187,10 +201,6 @@ class StackedPopulation:
         with torch.enable_grad():
             losses = self._loss_fn(leaves, self._constants(rows), self._hparam_views(rows), inputs, targets)
             per_param = torch.autograd.grad(losses.sum(), list(leaves.values()))
-        count = rows.stop - rows.start
-        if self._grad_scratch is None or self._grad_scratch.shape[0] < count:
-            self._grad_scratch = torch.empty(count, self.dim, device=self.device, dtype=self.dtype)
-        grads = self._grad_scratch[:count]
         for view, grad in zip(self._split(grads).values(), per_param, strict=True):
             view.copy_(grad)
         return grads, losses.detach()

@@ -1,0 +1,183 @@
+"""Gradients of the ``nn.Sequential`` fast path written out by hand: no autograd graph.
+
+A step of a small MLP is a dozen batched kernels; recording and replaying them through
+autograd costs about a quarter of the step on a CPU (1.96 ms -> 1.51 ms at population 32 on the
+digits MLP). Activations are kept feature-major (``[c, features, B]``): with the few outputs of a
+classifier (10 classes), ``[c, B, 10]`` matmuls and a softmax over a 10-long contiguous
+dimension are 3x and 15x slower on a CPU than their feature-major forms.
+
+Only what has a closed-form backward is handled here: ``nn.Linear``, the activations in
+:data:`_ACTIVATIONS`, dropout, and the built-in losses (cross-entropy with class indices, with
+or without per-member label smoothing; MSE). Anything else returns ``None`` from
+:func:`make_sequential_grad_fn` and the step goes through autograd; tests compare the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pbtune.vectorized._functional import LossFn, MemberDropout, _cross_entropy, _cross_entropy_smoothed, _mse
+from pbtune.vectorized._sequential import Layer
+
+__all__ = ["make_sequential_grad_fn", "GradFn"]
+
+aten = torch.ops.aten
+
+# type -> (forward, backward(module, grad, input, output)); exact types only (subclasses may differ).
+_Activation = tuple[Callable[[Any, torch.Tensor], torch.Tensor], Callable[..., torch.Tensor]]
+_ACTIVATIONS: dict[type, _Activation] = {
+    nn.Identity: (lambda m, x: x, lambda m, g, x, y: g),
+    nn.ReLU: (lambda m, x: torch.relu(x), lambda m, g, x, y: aten.threshold_backward(g, y, 0.0)),
+    nn.Tanh: (lambda m, x: torch.tanh(x), lambda m, g, x, y: aten.tanh_backward(g, y)),
+    nn.Sigmoid: (lambda m, x: torch.sigmoid(x), lambda m, g, x, y: aten.sigmoid_backward(g, y)),
+    nn.LeakyReLU: (
+        lambda m, x: F.leaky_relu(x, m.negative_slope),
+        lambda m, g, x, y: aten.leaky_relu_backward(g, x, m.negative_slope, False),
+    ),
+    nn.GELU: (
+        lambda m, x: F.gelu(x, approximate=m.approximate),
+        lambda m, g, x, y: aten.gelu_backward(g, x, approximate=m.approximate),
+    ),
+    nn.SiLU: (lambda m, x: F.silu(x), lambda m, g, x, y: aten.silu_backward(g, x)),
+    nn.Hardtanh: (
+        lambda m, x: F.hardtanh(x, m.min_val, m.max_val),
+        lambda m, g, x, y: aten.hardtanh_backward(g, x, m.min_val, m.max_val),
+    ),
+    nn.ReLU6: (lambda m, x: F.relu6(x), lambda m, g, x, y: aten.hardtanh_backward(g, x, 0.0, 6.0)),
+}
+_LOSSES = (_cross_entropy, _cross_entropy_smoothed, _mse)
+
+# (params, constants, hparams, x[c, B, in], y, grads) -> losses[c], or None for inputs it does not take
+GradFn = Callable[..., "torch.Tensor | None"]
+
+
+def make_sequential_grad_fn(layers: list[Layer], loss: LossFn) -> GradFn | None:
+    """A function that writes every member's gradients into ``grads`` (views ``[c, *shape]``).
+
+    ``None`` when a layer or the loss has no hand-written backward here.
+    """
+    if loss not in _LOSSES:
+        return None
+    if any(kind == "elementwise" and type(module) not in _ACTIVATIONS for kind, _, module in layers):
+        return None
+
+    def grad_fn(
+        params: dict[str, torch.Tensor],
+        constants: dict[str, torch.Tensor],
+        hparams: dict[str, torch.Tensor],
+        x: Any,
+        y: Any,
+        grads: dict[str, torch.Tensor],
+    ) -> torch.Tensor | None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or not isinstance(y, torch.Tensor):
+            return None
+        with torch.no_grad():
+            return _step(layers, loss, params, constants, hparams, x, y, grads)
+
+    return grad_fn
+
+
+def _step(
+    layers: list[Layer],
+    loss: LossFn,
+    params: dict[str, torch.Tensor],
+    constants: dict[str, torch.Tensor],
+    hparams: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grads: dict[str, torch.Tensor],
+) -> torch.Tensor | None:
+    def tensor(name: str) -> torch.Tensor | None:
+        return params.get(name, constants.get(name))
+
+    # forward, feature-major; saved[i] = (input, output, extra) of layer i
+    a = x.transpose(1, 2)
+    saved: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
+    for kind, name, module in layers:
+        inputs, extra = a, None
+        if kind == "linear":
+            weight, bias = tensor(f"{name}.weight"), tensor(f"{name}.bias")
+            assert weight is not None
+            a = torch.bmm(weight, a) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, a)
+        elif kind in ("dropout", "member_dropout"):
+            extra = _dropout_mask(module, name, constants, a)
+            a = a if extra is None else a * extra
+        else:
+            a = _ACTIVATIONS[type(module)][0](module, a)
+        saved.append((inputs, a, extra))
+
+    found = _loss_and_grad(loss, a, y, hparams)
+    if found is None:
+        return None
+    losses, grad = found
+
+    # backward; the first layer's input gradient is never needed
+    first_trainable = next(
+        i for i, (kind, name, _) in enumerate(layers)
+        if kind == "linear" and (f"{name}.weight" in params or f"{name}.bias" in params)
+    )
+    for i in range(len(layers) - 1, first_trainable - 1, -1):
+        kind, name, module = layers[i]
+        inputs, outputs, extra = saved[i]
+        if kind == "linear":
+            if f"{name}.weight" in params:
+                grads[f"{name}.weight"].copy_(torch.bmm(grad, inputs.transpose(1, 2)))
+            if f"{name}.bias" in params:
+                grads[f"{name}.bias"].copy_(grad.sum(dim=2))
+            if i > first_trainable:
+                weight = tensor(f"{name}.weight")
+                assert weight is not None
+                grad = torch.bmm(weight.transpose(1, 2), grad)
+        elif kind in ("dropout", "member_dropout"):
+            grad = grad if extra is None else grad * extra
+        else:
+            grad = _ACTIVATIONS[type(module)][1](module, grad, inputs, outputs)
+    return losses
+
+
+def _dropout_mask(module: nn.Module, name: str, constants: dict[str, torch.Tensor], a: torch.Tensor) -> Any:
+    """The scaled keep mask (``mask / keep``) of a dropout layer in train mode, or ``None`` (identity)."""
+    if not module.training:
+        return None
+    if isinstance(module, MemberDropout):
+        keep = (1.0 - constants[f"{name}.rate"]).to(a.dtype).view(-1, 1, 1)
+        return (torch.rand_like(a) < keep).to(a.dtype) / keep
+    assert isinstance(module, nn.Dropout)
+    if module.p == 0.0:
+        return None
+    if module.p == 1.0:
+        return torch.zeros_like(a)
+    kept = 1.0 - module.p
+    return torch.empty_like(a).bernoulli_(kept).div_(kept)
+
+
+def _loss_and_grad(
+    loss: LossFn, outputs: torch.Tensor, y: torch.Tensor, hparams: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-member mean losses ``[c]`` and their gradient with respect to ``outputs`` ``[c, out, B]``."""
+    count, classes, batch = outputs.shape
+    if loss is _mse:
+        if y.shape != (count, batch, classes) or not y.is_floating_point():
+            return None
+        diff = outputs - y.transpose(1, 2)
+        return diff.square().mean(dim=(1, 2)), diff.mul_(2.0 / diff[0].numel())
+    if y.shape != (count, batch) or y.is_floating_point():
+        return None
+    logp = outputs.log_softmax(dim=1)
+    target = y.unsqueeze(1)
+    nll = -logp.gather(1, target).squeeze(1).mean(dim=1)
+    grad = logp.exp()  # softmax
+    if loss is _cross_entropy:
+        losses = nll
+        grad.scatter_add_(1, target, torch.full(target.shape, -1.0, dtype=grad.dtype, device=grad.device))
+    else:  # label smoothing eps: (1 - eps) * nll + eps * mean over classes of -log p
+        eps = hparams["label_smoothing"].to(grad.dtype)
+        losses = (1.0 - eps) * nll - eps * logp.mean(dim=(1, 2))
+        grad.sub_((eps / classes).view(-1, 1, 1))
+        grad.scatter_add_(1, target, (eps - 1.0).view(-1, 1, 1).expand(count, 1, batch))
+    return losses, grad.mul_(1.0 / batch)
