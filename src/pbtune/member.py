@@ -299,12 +299,17 @@ class Population:
         self.config = config
         self.store = store if store is not None else open_store(config.storage)
         self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
-        self.store.create_run(config.name, config.to_dict())
         rng = random.Random(f"{config.seed}:init")
+        first: list[dict[str, Any]] = []
         for member_id in range(config.population):
             sampled = config.space.sample(rng)  # drawn for every member so seeds give the same draws
-            hparams = dict(initial[member_id]) if member_id < len(initial) else sampled
-            self.store.add_member(config.name, member_id, hparams)
+            first.append(dict(initial[member_id]) if member_id < len(initial) else sampled)
+
+        def create() -> None:  # one transaction, not one per member
+            self.store.create_run(config.name, config.to_dict())
+            self.store.add_members(config.name, first)
+
+        self.store.batch(create)
 
     def member(self, member_id: int, *, worker: str | None = None) -> Member:
         """A handle on one member; rejoining with the same id continues where it left off."""

@@ -312,7 +312,31 @@ def test_inline_and_background_writes_record_the_same_run(tmp_path):
             [(e.member_id, e.step, e.kind, e.donor_id, e.new_hparams) for e in store.events(run)],
         )
 
-    assert history("inline", background_writes=False) == history("background")
+    assert history("inline", background_writes=False) == history("background", background_writes=True)
+    with pytest.raises(InvalidConfigError, match="background_writes"):
+        pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name="bad", background_writes="yes"))
+
+
+def test_writes_overlap_the_training_only_when_a_core_is_free(tmp_path, monkeypatch):
+    from pbtune.vectorized import engine as engine_module
+
+    seen = []
+    real = engine_module.BackgroundWriter
+
+    def writer(enabled):
+        seen.append(enabled)
+        return real(enabled=enabled)
+
+    monkeypatch.setattr(engine_module, "BackgroundWriter", writer)
+    threads = torch.get_num_threads()
+    try:
+        for count, cores in ((2, 2), (1, 2)):
+            torch.set_num_threads(count)
+            monkeypatch.setattr(engine_module.os, "cpu_count", lambda cores=cores: cores)
+            pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name=f"auto{count}", steps=1)).run()
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [False, True]  # every core busy training: inline; one free: on the writer thread
 
 
 def test_cli_reads_a_population_checkpoint_and_extracts_a_member(tmp_path):

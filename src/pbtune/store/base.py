@@ -15,13 +15,15 @@ Rules every implementation follows:
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pbtune.types import EventRecord, MemberRecord, MemberState, RunRecord, ScoreRecord
 
 __all__ = ["PopulationStore", "CheckpointRef", "ScorePoint"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ class CheckpointRef:
 
 class PopulationStore(abc.ABC):
     """Members, scores, lineage events, leases and checkpoint bookkeeping of PBT runs."""
+
+    def batch(self, writes: Callable[[], T]) -> T:
+        """Run ``writes`` (a function that calls this store) as one transaction: all or nothing.
+
+        For a caller that writes many members at once (the vectorized engine writes a whole
+        population every round): one commit instead of one per call. ``writes`` may be run
+        again when the transaction is retried, so it must only compute from what the store
+        returns. This default runs it as it is (each call its own transaction).
+        """
+        return writes()
 
     # -- runs ---------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -73,6 +85,10 @@ class PopulationStore(abc.ABC):
         Raises:
             NotFoundError: the run does not exist.
         """
+
+    def add_members(self, run: str, hparams: Sequence[Mapping[str, Any]]) -> tuple[MemberRecord, ...]:
+        """:meth:`add_member` for members ``0 .. len(hparams) - 1``, in one transaction."""
+        return self.batch(lambda: tuple(self.add_member(run, i, h) for i, h in enumerate(hparams)))
 
     @abc.abstractmethod
     def get_member(self, run: str, member_id: int) -> MemberRecord:
@@ -106,6 +122,27 @@ class PopulationStore(abc.ABC):
             LeaseLostError: ``worker`` is given and no longer holds the member's lease.
             NotFoundError: no such member.
         """
+
+    def report_many(self, run: str, scores: Mapping[int, Sequence[ScorePoint]]) -> dict[int, MemberRecord]:
+        """:meth:`report` for many members at once, in one transaction: ``{member_id: points}``.
+
+        Each member moves to the step of its last point; its earlier points are appended before
+        it. No checkpoints, no leases (for an engine that holds the whole population in one
+        process). Members with no points are left alone. Returns the updated records.
+
+        Raises:
+            MemberFinishedError: one of the members is finished or failed (nothing is written).
+            NotFoundError: no such member (nothing is written).
+        """
+
+        def writes() -> dict[int, MemberRecord]:
+            return {
+                member_id: self.report(run, member_id, points[-1].step, points[-1].score,
+                                       metrics=points[-1].metrics, earlier=points[:-1])
+                for member_id, points in scores.items() if points
+            }
+
+        return self.batch(writes)
 
     @abc.abstractmethod
     def mark_ready_checked(self, run: str, member_id: int, step: int, expected_version: int) -> bool:

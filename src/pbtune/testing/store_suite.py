@@ -71,6 +71,73 @@ class StoreConformance:
         with pytest.raises(NotFoundError):
             store.add_member("nope", 0, {})
 
+    def test_a_batch_commits_all_its_writes_or_none(self, store: PopulationStore, run: str) -> None:
+        def reports() -> list[int]:
+            versions = [store.report(run, i, 1, float(i)).version for i in range(3)]
+            assert store.get_member(run, 2).step == 1  # reads inside the batch see its writes
+            return versions
+
+        versions = store.batch(reports)
+        assert versions == [store.get_member(run, i).version for i in range(3)]
+        assert [store.get_member(run, i).score for i in range(3)] == [0.0, 1.0, 2.0]
+
+        def half_then_fail() -> None:
+            store.report(run, 0, 2, 10.0)
+            store.batch(lambda: store.report(run, 1, 2, 11.0))  # nested: part of the outer batch
+            raise RuntimeError("caller failed mid-batch")
+
+        with pytest.raises(RuntimeError, match="mid-batch"):
+            store.batch(half_then_fail)
+        assert [store.get_member(run, i).step for i in range(3)] == [1, 1, 1]  # nothing of it was kept
+        assert len(store.scores(run)) == 3
+
+    def test_report_many_writes_what_one_report_per_member_writes(self, store: PopulationStore, run: str) -> None:
+        store.create_run("one-by-one", {"budget": 10})
+        for i in range(3):
+            store.add_member("one-by-one", i, {"lr": 0.1 * (i + 1)})
+        points = {0: [ScorePoint(1, 0.5, {"loss": 2.0}), ScorePoint(2, 0.75)], 2: [ScorePoint(2, math.nan)], 1: []}
+        many = store.report_many(run, points)
+        for member_id, pts in points.items():
+            if pts:
+                store.report("one-by-one", member_id, pts[-1].step, pts[-1].score, metrics=pts[-1].metrics,
+                             earlier=pts[:-1])
+        assert sorted(many) == [0, 2]
+        for i in range(3):
+            got, expected = store.get_member(run, i), store.get_member("one-by-one", i)
+            assert (got.state, got.step, got.score_step, got.version) == (
+                expected.state, expected.step, expected.score_step, expected.version)
+            assert got.score == expected.score or repr(got.score) == repr(expected.score) == "nan"
+            if i in many:
+                assert many[i] == got  # the returned records are what the store now holds
+        scores = [(r.member_id, r.step, r.metrics) for r in store.scores(run)]
+        assert scores == [(r.member_id, r.step, r.metrics) for r in store.scores("one-by-one")]
+        assert store.get_member(run, 0).state is MemberState.RUNNING
+        assert store.report_many(run, {}) == {}
+
+    def test_report_many_writes_nothing_when_one_member_cannot_take_it(self, store: PopulationStore, run: str) -> None:
+        store.report(run, 1, 1, 0.0)
+        store.set_state(run, 1, MemberState.FINISHED)
+        with pytest.raises(MemberFinishedError):
+            store.report_many(run, {0: [ScorePoint(2, 1.0)], 1: [ScorePoint(2, 1.0)]})
+        with pytest.raises(NotFoundError):
+            store.report_many(run, {0: [ScorePoint(2, 1.0)], 7: [ScorePoint(2, 1.0)]})
+        assert store.get_member(run, 0).step == 0 and len(store.scores(run)) == 1
+
+    def test_add_members_adds_what_add_member_adds(self, store: PopulationStore, run: str) -> None:
+        store.create_run("bulk", {"budget": 10})
+        store.add_member("bulk", 1, {"lr": 9.0})  # exists: kept as it is
+        added = store.add_members("bulk", [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}])
+        assert [(m.member_id, m.hparams, m.state, m.version) for m in added] == [
+            (0, {"lr": 0.1}, MemberState.PENDING, 0), (1, {"lr": 9.0}, MemberState.PENDING, 0),
+            (2, {"lr": 0.3}, MemberState.PENDING, 0)]
+        assert added == store.list_members("bulk")
+        inits = sorted((e.member_id, e.kind, e.step, e.new_hparams) for e in store.events("bulk"))
+        assert inits == [(0, "init", 0, {"lr": 0.1}), (1, "init", 0, {"lr": 9.0}), (2, "init", 0, {"lr": 0.3})]
+        assert store.add_members("bulk", [{"lr": 5.0}] * 3) == added  # again: nothing changes
+        assert len(store.events("bulk")) == 3
+        with pytest.raises(NotFoundError):
+            store.add_members("nope", [{}])
+
     def test_add_member_records_init_event_once(self, store: PopulationStore, run: str) -> None:
         store.add_member(run, 0, {"lr": 123})  # exists: unchanged
         assert store.get_member(run, 0).hparams == {"lr": 0.1}
