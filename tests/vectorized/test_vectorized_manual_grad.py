@@ -18,13 +18,20 @@ MEMBERS = 4
 
 def _gradients(pop, x, y, *, manual):
     saved = pop._grad_fn  # noqa: SLF001
-    if not manual:
-        pop._grad_fn = None  # noqa: SLF001  the autograd route of the same fast path
+    answers = []
+
+    def spy(*args):
+        answers.append(saved(*args))
+        return answers[-1]
+
+    pop._grad_fn = spy if manual else None  # noqa: SLF001  None: the autograd route of the same fast path
     try:
         grads, losses = pop.gradients(x, y, slice(0, MEMBERS))
-        return grads.clone(), losses.clone()
     finally:
         pop._grad_fn = saved  # noqa: SLF001
+    if manual:  # the hand-written gradients answered (no silent fall-back to autograd)
+        assert len(answers) == 1 and answers[0] is not None
+    return grads.clone(), losses.clone()
 
 
 def _compare(factory, loss="cross_entropy", tensor_hparams=(), extra=None, targets=None):
@@ -52,6 +59,12 @@ def _compare(factory, loss="cross_entropy", tensor_hparams=(), extra=None, targe
 def test_each_activation_backward_matches_autograd(activation):
     _compare(lambda: nn.Sequential(nn.Linear(6, 16), copy.deepcopy(activation), nn.Linear(16, 16),
                                    copy.deepcopy(activation), nn.Linear(16, 3)))
+
+
+def test_activations_in_a_row_match_autograd():
+    # the first may overwrite the linear output in place; the second must not overwrite the first's
+    _compare(lambda: nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Sigmoid(), nn.ReLU(), nn.Linear(16, 3)))
+    _compare(lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.0), nn.Tanh(), nn.Linear(16, 3)))
 
 
 def test_frozen_layers_and_layers_without_bias_match_autograd():

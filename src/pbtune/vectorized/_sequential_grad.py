@@ -50,6 +50,13 @@ _ACTIVATIONS: dict[type, _Activation] = {
     ),
     nn.ReLU6: (lambda m, x: F.relu6(x), lambda m, g, x, y: aten.hardtanh_backward(g, x, 0.0, 6.0)),
 }
+# Activations whose backward needs only their output may overwrite a linear layer's fresh output
+# (a new 1 MiB activation costs page faults: relu 60 us, relu_ 7 us at population 32).
+_IN_PLACE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu_,
+    nn.Tanh: torch.tanh_,
+    nn.Sigmoid: torch.sigmoid_,
+}
 _LOSSES = (_cross_entropy, _cross_entropy_smoothed, _mse)
 
 # (params, constants, hparams, x[c, B, in], y, grads) -> losses[c], or None for inputs it does not take
@@ -98,7 +105,7 @@ def _step(
     # forward, feature-major; saved[i] = (input, output, extra) of layer i
     a = x.transpose(1, 2)
     saved: list[tuple[torch.Tensor, torch.Tensor, Any]] = []
-    for kind, name, module in layers:
+    for i, (kind, name, module) in enumerate(layers):
         inputs, extra = a, None
         if kind == "linear":
             weight, bias = tensor(f"{name}.weight"), tensor(f"{name}.bias")
@@ -107,6 +114,8 @@ def _step(
         elif kind in ("dropout", "member_dropout"):
             extra = _dropout_mask(module, name, constants, a)
             a = a if extra is None else a * extra
+        elif i > 0 and layers[i - 1][0] == "linear" and type(module) in _IN_PLACE:
+            a = _IN_PLACE[type(module)](a)  # the linear layer's output is needed by no backward
         else:
             a = _ACTIVATIONS[type(module)][0](module, a)
         saved.append((inputs, a, extra))

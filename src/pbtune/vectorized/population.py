@@ -120,6 +120,7 @@ class StackedPopulation:
         self._loss_fn: Callable[..., Any] | None = None
         self._grad_fn: GradFn | None = None
         self._grad_scratch: torch.Tensor | None = None
+        self._row_views: dict[tuple[int, int], tuple[dict[str, torch.Tensor], ...]] = {}
         self._tied = has_tied_tensors(first)
         # Plain nn.Sequential MLPs skip vmap (see _sequential.py); others, or fast_path=False, use it.
         self._layers = sequential_layers(self.template) if fast_path and not self._tied else None
@@ -186,12 +187,11 @@ class StackedPopulation:
         count = rows.stop - rows.start
         if self._grad_scratch is None or self._grad_scratch.shape[0] < count:
             self._grad_scratch = torch.empty(count, self.dim, device=self.device, dtype=self.dtype)
+            self._row_views.clear()
         grads = self._grad_scratch[:count]
         if self._grad_fn is not None:
-            views = {name: view[rows] for name, view in self._param_views.items()}
-            losses = self._grad_fn(
-                views, self._constants(rows), self._hparam_views(rows), inputs, targets, self._split(grads)
-            )
+            params, constants, hparams, grad_views = self._views_of(rows)
+            losses = self._grad_fn(params, constants, hparams, inputs, targets, grad_views)
             if losses is not None:
                 return grads, losses
         # One leaf per parameter, each a view of the stacked rows (no copy). A single leaf over
@@ -204,6 +204,23 @@ class StackedPopulation:
         for view, grad in zip(self._split(grads).values(), per_param, strict=True):
             view.copy_(grad)
         return grads, losses.detach()
+
+    def _views_of(self, rows: slice) -> tuple[dict[str, torch.Tensor], ...]:
+        """Parameters, constants, tensor hyperparameters and gradient scratch of ``rows``, as views.
+
+        Cached: every tensor behind them is changed in place only, and making the views anew
+        costs ~50 us a step (a twentieth of a step at population 32).
+        """
+        key = (rows.start, rows.stop)
+        if key not in self._row_views:
+            assert self._grad_scratch is not None
+            self._row_views[key] = (
+                {name: view[rows] for name, view in self._param_views.items()},
+                self._constants(rows),
+                self._hparam_views(rows),
+                self._split(self._grad_scratch[: rows.stop - rows.start]),
+            )
+        return self._row_views[key]
 
     @torch.no_grad()
     def forward(self, inputs: Any, rows: slice, *, train: bool = False) -> Any:
