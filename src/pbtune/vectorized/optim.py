@@ -244,7 +244,7 @@ class PopulationOptimizer:
         if self._any["momentum"]:
             # torch starts the buffer at the first gradient; m * 0 + g is the same value.
             buf = self.state["momentum_buffer"][rows]
-            buf.mul_(col["momentum"][rows]).add_(grad)
+            torch.addcmul(grad, buf, col["momentum"][rows], out=buf)  # m * buf + g in one pass
             if not self._any["nesterov"]:
                 update = buf
             elif self._nesterov_mixed:
