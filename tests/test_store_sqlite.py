@@ -20,6 +20,24 @@ class TestSQLiteStore(StoreConformance):
         return SQLStore(f"sqlite:///{self.tmp_path}/store.db", clock=clock)
 
 
+class _OneByOneBulkWrites(SQLStore):
+    """The contract's default bulk writes (one write per member in a batch), which a store
+    without its own bulk statements inherits."""
+
+    add_members = PopulationStore.add_members
+    report_many = PopulationStore.report_many
+    apply_exploits = PopulationStore.apply_exploits
+
+
+class TestDefaultBulkWrites(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _tmp(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+
+    def make_store(self, clock: Callable[[], float]) -> PopulationStore:
+        return _OneByOneBulkWrites(f"sqlite:///{self.tmp_path}/store.db", clock=clock)
+
+
 def test_schema_version_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
     store = SQLStore(url)

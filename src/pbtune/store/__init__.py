@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pbtune.store.base import CheckpointRef, PopulationStore, ScorePoint
+from pbtune.store.base import CheckpointRef, ExploitWrite, PopulationStore, ScorePoint
 from pbtune.store.sql import SQLStore
 
-__all__ = ["CheckpointRef", "PopulationStore", "SQLStore", "ScorePoint", "open_store"]
+__all__ = ["CheckpointRef", "ExploitWrite", "PopulationStore", "SQLStore", "ScorePoint", "open_store"]
 
 
 def open_store(url: str, **kwargs: object) -> PopulationStore:

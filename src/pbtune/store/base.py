@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pbtune.errors import StoreError
 from pbtune.types import EventRecord, MemberRecord, MemberState, RunRecord, ScoreRecord
 
-__all__ = ["PopulationStore", "CheckpointRef", "ScorePoint"]
+__all__ = ["PopulationStore", "CheckpointRef", "ScorePoint", "ExploitWrite"]
 
 T = TypeVar("T")
 
@@ -43,6 +44,20 @@ class CheckpointRef:
     step: int
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class ExploitWrite:
+    """One member's exploit (and the explore that followed it) for :meth:`PopulationStore.apply_exploits`."""
+
+    member_id: int
+    expected_version: int
+    donor_id: int
+    donor_step: int
+    hparams: Mapping[str, Any]  # taken from the donor (or kept, for a weights-only exploit)
+    summary: str
+    explored: Mapping[str, Any] | None = None  # after explore; None: no explore event
+    explore_summary: str = ""
 
 
 class PopulationStore(abc.ABC):
@@ -123,12 +138,16 @@ class PopulationStore(abc.ABC):
             NotFoundError: no such member.
         """
 
-    def report_many(self, run: str, scores: Mapping[int, Sequence[ScorePoint]]) -> dict[int, MemberRecord]:
+    def report_many(
+        self, run: str, scores: Mapping[int, Sequence[ScorePoint]], *, finish: bool = False
+    ) -> dict[int, MemberRecord]:
         """:meth:`report` for many members at once, in one transaction: ``{member_id: points}``.
 
         Each member moves to the step of its last point; its earlier points are appended before
         it. No checkpoints, no leases (for an engine that holds the whole population in one
-        process). Members with no points are left alone. Returns the updated records.
+        process). Members with no points are left alone. With ``finish=True`` the reported
+        members also become ``FINISHED`` (as :meth:`set_state` would make them) in the same
+        transaction. Returns the updated records.
 
         Raises:
             MemberFinishedError: one of the members is finished or failed (nothing is written).
@@ -136,11 +155,14 @@ class PopulationStore(abc.ABC):
         """
 
         def writes() -> dict[int, MemberRecord]:
-            return {
+            updated = {
                 member_id: self.report(run, member_id, points[-1].step, points[-1].score,
                                        metrics=points[-1].metrics, earlier=points[:-1])
                 for member_id, points in scores.items() if points
             }
+            if finish:
+                updated = {m: self.set_state(run, m, MemberState.FINISHED) for m in updated}
+            return updated
 
         return self.batch(writes)
 
@@ -175,6 +197,41 @@ class PopulationStore(abc.ABC):
         Raises:
             MemberFinishedError: the member is finished or failed.
         """
+
+    def apply_exploits(self, run: str, exploits: Sequence[ExploitWrite]) -> dict[int, MemberRecord] | None:
+        """Many in-memory exploits at once, in one transaction (for the vectorized engine).
+
+        Each is :meth:`apply_exploit` with ``checkpoint=None`` followed, when ``explored`` is
+        given, by :meth:`set_hparams` with ``kind="explore"``: the same events, versions and
+        hyperparameters. Returns the updated records, or ``None`` (and writes nothing) if one
+        of the members changed since its ``expected_version``.
+
+        Raises:
+            MemberFinishedError: one of the members is finished or failed (nothing is written).
+            NotFoundError: no such member (nothing is written).
+        """
+
+        def writes() -> dict[int, MemberRecord] | None:
+            current = {e.member_id: self.get_member(run, e.member_id) for e in exploits}
+            if any(current[e.member_id].version != e.expected_version for e in exploits):
+                return None
+            updated: dict[int, MemberRecord] = {}
+            for e in exploits:
+                record = self.apply_exploit(
+                    run, e.member_id, expected_version=e.expected_version, donor_id=e.donor_id,
+                    donor_step=e.donor_step, hparams=e.hparams, checkpoint=None, summary=e.summary,
+                )
+                if record is not None and e.explored is not None:
+                    record = self.set_hparams(
+                        run, e.member_id, e.explored, expected_version=record.version, kind="explore",
+                        summary=e.explore_summary,
+                    )
+                if record is None:  # raced after the check: roll the batch back
+                    raise StoreError(f"member {e.member_id} of run {run!r} changed during apply_exploits")
+                updated[e.member_id] = record
+            return updated
+
+        return self.batch(writes)
 
     @abc.abstractmethod
     def set_hparams(

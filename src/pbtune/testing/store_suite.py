@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from pbtune.errors import IllegalTransitionError, LeaseLostError, MemberFinishedError, NotFoundError
-from pbtune.store.base import CheckpointRef, PopulationStore, ScorePoint
+from pbtune.store.base import CheckpointRef, ExploitWrite, PopulationStore, ScorePoint
 from pbtune.types import MemberState
 
 __all__ = ["StoreConformance", "FakeClock"]
@@ -113,6 +114,71 @@ class StoreConformance:
         assert scores == [(r.member_id, r.step, r.metrics) for r in store.scores("one-by-one")]
         assert store.get_member(run, 0).state is MemberState.RUNNING
         assert store.report_many(run, {}) == {}
+
+    def test_report_many_can_finish_the_members_it_reports(self, store: PopulationStore, run: str) -> None:
+        store.claim(run, "w1", 30.0, budget=10)  # member 0 is leased: finishing frees it
+        done = store.report_many(run, {0: [ScorePoint(3, 0.5)], 1: [ScorePoint(3, 0.25)]}, finish=True)
+        assert sorted(done) == [0, 1]
+        for member_id, score in ((0, 0.5), (1, 0.25)):
+            member = store.get_member(run, member_id)
+            assert done[member_id] == member
+            assert (member.state, member.step, member.score, member.lease_owner) == (
+                MemberState.FINISHED, 3, score, None)
+        assert store.get_member(run, 2).state is MemberState.PENDING  # not reported: left alone
+        with pytest.raises(MemberFinishedError):
+            store.report_many(run, {0: [ScorePoint(4, 1.0)]})
+
+    def test_apply_exploits_writes_what_apply_exploit_and_set_hparams_write(
+        self, store: PopulationStore, run: str
+    ) -> None:
+        store.create_run("one-by-one", {"budget": 10})
+        for name in (run, "one-by-one"):
+            for i in range(3):
+                store.add_member(name, i, {"lr": 0.1 * (i + 1)})  # no-op for run's existing members
+            store.report(name, 0, 2, 0.1)
+            store.report(name, 2, 2, 0.9)
+        writes = [
+            ExploitWrite(0, store.get_member(run, 0).version, 2, 2, {"lr": 0.3}, "copied 2 over 0",
+                         explored={"lr": 0.36}, explore_summary="lr x1.2"),
+            ExploitWrite(1, store.get_member(run, 1).version, 2, 2, {"lr": 0.3}, "copied 2 over 1"),
+        ]
+        many = store.apply_exploits(run, writes)
+        for w in writes:
+            one = store.apply_exploit("one-by-one", w.member_id, expected_version=w.expected_version,
+                                      donor_id=w.donor_id, donor_step=w.donor_step, hparams=w.hparams,
+                                      checkpoint=None, summary=w.summary)
+            assert one is not None
+            if w.explored is not None:
+                store.set_hparams("one-by-one", w.member_id, w.explored, expected_version=one.version,
+                                  summary=w.explore_summary)
+        assert many is not None and sorted(many) == [0, 1]
+        for i in range(3):
+            got, expected = store.get_member(run, i), store.get_member("one-by-one", i)
+            assert (got.hparams, got.version, got.last_ready_step, got.step) == (
+                expected.hparams, expected.version, expected.last_ready_step, expected.step)
+            if i in many:
+                assert many[i] == got
+        assert store.get_member(run, 0).hparams == {"lr": 0.36}
+
+        def lineage(name: str) -> list[tuple[Any, ...]]:
+            return [(e.member_id, e.step, e.kind, e.donor_id, e.donor_step, e.old_hparams, e.new_hparams, e.summary)
+                    for e in store.events(name)]
+
+        assert lineage(run) == lineage("one-by-one")
+        assert [e.kind for e in store.events(run, 0)] == ["init", "exploit", "explore"]
+
+    def test_apply_exploits_writes_nothing_when_one_member_changed(self, store: PopulationStore, run: str) -> None:
+        versions = {i: store.get_member(run, i).version for i in range(3)}
+        store.report(run, 1, 1, 0.5)  # member 1 moves on: its version no longer matches
+        writes = [ExploitWrite(i, versions[i], 2, 0, {"lr": 9.0}, "copied") for i in (0, 1)]
+        assert store.apply_exploits(run, writes) is None
+        assert [store.get_member(run, i).hparams["lr"] for i in (0, 1)] == [0.1, 0.2]
+        assert [e.kind for e in store.events(run)] == ["init"] * 3
+        store.set_state(run, 2, MemberState.FINISHED)
+        with pytest.raises(MemberFinishedError):
+            store.apply_exploits(run, [ExploitWrite(2, store.get_member(run, 2).version, 0, 0, {"lr": 1.0}, "x")])
+        with pytest.raises(NotFoundError):
+            store.apply_exploits(run, [ExploitWrite(7, 0, 0, 0, {"lr": 1.0}, "x")])
 
     def test_report_many_writes_nothing_when_one_member_cannot_take_it(self, store: PopulationStore, run: str) -> None:
         store.report(run, 1, 1, 0.0)
