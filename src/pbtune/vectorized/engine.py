@@ -38,7 +38,7 @@ from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.lineage import schedule
 from pbtune.member import Member, Population, decision_rng
 from pbtune.space import Choice, Float, Int, Space
-from pbtune.store.base import PopulationStore, ScorePoint
+from pbtune.store.base import ExploitWrite, PopulationStore, ScorePoint
 from pbtune.strategies import Exploit
 from pbtune.types import MemberRecord, MemberState
 from pbtune.vectorized._functional import LossFn, MetricFn, resolve_loss, resolve_metric
@@ -139,7 +139,9 @@ class VectorizedPBT:
             order, overlapping the training. Default (``None``): on when the training leaves a
             CPU core free (on CUDA, or fewer torch threads than cores); inline when torch's
             threads use every core, where the writer thread would only take turns with them
-            (measured: runs 15 % slower on 2 cores). ``False``: always inline.
+            (measured: runs 15 % slower on 2 cores); the population checkpoint file, which
+            mostly waits on the disk, is then still written on a thread of its own.
+            ``False``: everything inline, no thread.
     """
 
     def __init__(
@@ -451,6 +453,12 @@ class VectorizedPBT:
         if overlap is None:
             overlap = self.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
         writer = state.writer = BackgroundWriter(enabled=overlap)
+        # Writing the checkpoint file mostly waits on the disk (fsync): it gets a thread of its
+        # own unless every write must be inline. Store writes are then inline and done before a
+        # save is queued, so the file on disk is still never newer than the store.
+        files = state.files = writer if overlap or self.background_writes is False else BackgroundWriter(
+            name="pbtune-vectorized-files"
+        )
         ok = False
         try:
             while state.step < stop:
@@ -484,8 +492,11 @@ class VectorizedPBT:
                     bar.update(step, state)
             ok = True
         finally:
-            writer.close(raise_errors=ok)  # on an error in the loop, that error wins
-            state.writer = None
+            try:
+                writer.close(raise_errors=ok)  # on an error in the loop, that error wins
+            finally:
+                files.close(raise_errors=ok)
+                state.writer = state.files = None
             if bar is not None:
                 bar.close()
 
@@ -549,19 +560,15 @@ class VectorizedPBT:
             if final and (self.save_final == "all" or member_id == best_id)
         }
 
-        def finish() -> None:
-            for member_id in range(cfg.population):
-                store.set_state(cfg.name, member_id, MemberState.FINISHED)
-
         def write() -> None:
             plain = {member_id: points for member_id, points in enumerate(pending) if member_id not in weights}
-            for member_id, record in store.report_many(cfg.name, plain).items():  # one transaction
+            for member_id, record in store.report_many(cfg.name, plain, finish=final).items():  # one transaction
                 state.versions[member_id] = record.version
             for member_id, member_weights in weights.items():  # writes a checkpoint file: outside the batch
                 points = pending[member_id]
                 self._report_with_weights(state, member_id, member_weights, points[-1], points[:-1])
-            if final:
-                store.batch(finish)
+                if final:
+                    state.versions[member_id] = store.set_state(cfg.name, member_id, MemberState.FINISHED).version
 
         self._submit(state, write)
 
@@ -627,36 +634,20 @@ class VectorizedPBT:
             )
             pop.set_hparams(member_id, new)
             writes.append((member_id, decision, taken, summary, new, "; ".join(c.summary() for c in changes)))
-        store = self.store
+        store, name = self.store, cfg.name
 
-        def lineage() -> dict[int, int]:  # one transaction for the round (may be retried: no side effects)
-            versions = {}
-            for member_id, decision, taken, summary, new, explore_summary in writes:
-                updated = store.apply_exploit(
-                    cfg.name,
-                    member_id,
-                    expected_version=state.versions[member_id],
-                    donor_id=decision.donor_id,
-                    donor_step=decision.donor_step,
-                    hparams=taken,
-                    checkpoint=None,
-                    summary=summary,
+        def write() -> None:  # one transaction for the round
+            updated = store.apply_exploits(name, [
+                ExploitWrite(member_id, state.versions[member_id], decision.donor_id, decision.donor_step, taken,
+                             summary, explored=new, explore_summary=explore_summary)
+                for member_id, decision, taken, summary, new, explore_summary in writes
+            ])
+            if updated is None:
+                raise PBTuneError(
+                    f"a member of run {name!r} was changed by another process; "
+                    "a vectorized run must be the only writer of its run"
                 )
-                if updated is None:
-                    raise PBTuneError(
-                        f"member {member_id} of run {cfg.name!r} was changed by another process; "
-                        "a vectorized run must be the only writer of its run"
-                    )
-                explored = store.set_hparams(
-                    cfg.name, member_id, new, expected_version=updated.version, kind="explore", summary=explore_summary
-                )
-                if explored is None:
-                    raise PBTuneError(f"member {member_id} of run {cfg.name!r} was changed by another process")
-                versions[member_id] = explored.version
-            return versions
-
-        def write() -> None:
-            state.versions.update(store.batch(lineage))
+            state.versions.update({member_id: record.version for member_id, record in updated.items()})
 
         self._submit(state, write)
         log.debug("step %d: %d exploits", step, len(decisions))
@@ -679,7 +670,10 @@ class VectorizedPBT:
             "engine": engine,
         }
         path = self.checkpoint_path
-        self._submit(state, lambda: atomic_save(payload, path))
+        if state.files is None:
+            atomic_save(payload, path)
+        else:
+            state.files.submit(lambda: atomic_save(payload, path))
 
 
 @dataclass
@@ -692,7 +686,8 @@ class _RunState:
     last_ready: list[int] = field(default_factory=list)
     plan: ChunkPlan | None = None
     member_steps: int = 0
-    writer: BackgroundWriter | None = None
+    writer: BackgroundWriter | None = None  # store writes (and checkpoint files when it runs on a thread)
+    files: BackgroundWriter | None = None  # checkpoint files
 
 
 def train(model_fn: Callable[[], nn.Module], space: Space | Mapping[str, Any], **settings: Any) -> VectorizedResult:
