@@ -44,3 +44,26 @@ def test_digits_mlp_improves_over_its_initial_population(tmp_path: Path) -> None
     assert len(first) == config.population
     assert result.best.score > max(first)
     assert result.best.score > 0.5  # 10 classes: chance is 0.1
+
+
+def test_digits_vectorized_example_trains_records_and_saves_the_best_member(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    example = _load("digits_vectorized")
+    out = tmp_path / "best.pt"
+    storage = f"sqlite:///{tmp_path}/pbt.db"
+    result = example.main([
+        "--population", "8", "--steps", "4", "--threads", "1", "--storage", storage,
+        "--checkpoints", str(tmp_path / "ck"), "--out", str(out),
+    ])
+    assert "best member" in capsys.readouterr().out
+    store = pbtune.open_store(storage)
+    first = [s.score for s in store.scores("digits-vec") if s.step == 1]
+    assert len(first) == 8 and result.best.score > statistics.mean(first)  # training helped
+    assert {e.kind for e in store.events("digits-vec")} >= {"init", "exploit", "explore"}  # PBT happened
+    model = example.make_mlp()
+    model.load_state_dict(torch.load(out, weights_only=True))  # a plain state_dict of the unchanged model
+    x, y, x_val, y_val = example.digits_split()
+    with torch.no_grad():
+        accuracy = (model(x_val).argmax(dim=1) == y_val).float().mean().item()
+    assert accuracy == pytest.approx(result.best.score, abs=1e-6)
