@@ -139,6 +139,56 @@ def test_resume_from_the_population_checkpoint_continues_bit_for_bit(tmp_path):
     assert history("ref") == history("split")
 
 
+@pytest.fixture
+def every_core_busy(monkeypatch):
+    """Automatic writes as when torch's threads use every core: store inline, checkpoint file on a thread."""
+    from pbtune.vectorized import engine as engine_module
+
+    monkeypatch.setattr(engine_module.os, "cpu_count", lambda: torch.get_num_threads())
+
+
+def test_resume_with_the_checkpoint_file_on_its_own_thread_continues_bit_for_bit(tmp_path, every_core_busy):
+    common = dict(checkpoint_interval=2, steps=6)
+    reference = pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name="ref", background_writes=False, **common))
+    reference.run()
+    split = pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name="split", **common))
+    split.run(until=3)  # the file written on the thread must be complete when run() returns
+    assert pv.load_checkpoint(split.checkpoint_path)["engine"]["step"] == 3
+    pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name="split", **common)).run()
+    def scores(run):
+        return sorted((s.member_id, s.step, s.score) for s in reference.store.scores(run))
+
+    assert scores("ref") == scores("split")
+
+
+def test_an_error_writing_the_checkpoint_file_on_its_thread_reaches_the_caller(tmp_path, every_core_busy, monkeypatch):
+    from pbtune.vectorized import engine as engine_module
+
+    def full_disk(payload, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine_module, "atomic_save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name="full", steps=4)).run()
+
+
+def test_a_failure_while_finishing_leaves_a_run_that_resumes(tmp_path, monkeypatch):
+    settings = _settings(tmp_path, name="late", steps=4, checkpoint_interval=2)
+    failing = pv.VectorizedPBT(mlp, SPACE, **settings)
+
+    def broken_disk(*args, **kwargs):
+        raise OSError(5, "I/O error writing the best member's weights")
+
+    monkeypatch.setattr(failing, "_report_with_weights", broken_disk)
+    with pytest.raises(OSError, match="best member's weights"):
+        failing.run()
+    assert not any(m.state.is_final for m in failing.store.list_members("late"))  # finishing comes last
+    result = pv.VectorizedPBT(mlp, SPACE, **settings).run()  # resumes from the step-2 checkpoint
+    members = result.members
+    assert all(m.state is MemberState.FINISHED and m.step == 4 for m in members)
+    assert result.best.checkpoint is not None
+
+
 def test_a_trained_run_is_not_restarted_without_its_checkpoint(tmp_path):
     settings = _settings(tmp_path, name="once", checkpoint=False, steps=2)
     pv.train(mlp, SPACE, **settings)

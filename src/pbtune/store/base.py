@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pbtune.errors import StoreError
+from pbtune.errors import MemberFinishedError, StoreError
 from pbtune.types import EventRecord, MemberRecord, MemberState, RunRecord, ScoreRecord
 
 __all__ = ["PopulationStore", "CheckpointRef", "ScorePoint", "ExploitWrite"]
@@ -209,10 +209,19 @@ class PopulationStore(abc.ABC):
         Raises:
             MemberFinishedError: one of the members is finished or failed (nothing is written).
             NotFoundError: no such member (nothing is written).
+            ValueError: a member appears more than once.
         """
+        ids = [e.member_id for e in exploits]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"apply_exploits: a member appears more than once in {ids}")
 
         def writes() -> dict[int, MemberRecord] | None:
             current = {e.member_id: self.get_member(run, e.member_id) for e in exploits}
+            for member in current.values():  # checked first, as a store with one statement would
+                if member.state.is_final:
+                    raise MemberFinishedError(
+                        f"member {member.member_id} of run {run!r} is {member.state.value} and cannot change"
+                    )
             if any(current[e.member_id].version != e.expected_version for e in exploits):
                 return None
             updated: dict[int, MemberRecord] = {}

@@ -481,6 +481,7 @@ class SQLStore(PopulationStore):
             # Three statements for the whole population (not three per member): 10x fewer round trips.
             c = s.members.c
             query = sa.select(s.members).where(c.run == run, c.member_id.in_(sorted(wanted)))
+            query = query.order_by(c.member_id)  # FOR UPDATE takes the row locks in one order
             if self._for_update:
                 query = query.with_for_update()
             members = {m.member_id: m for m in map(self._member_from_row, conn.execute(query))}
@@ -502,7 +503,8 @@ class SQLStore(PopulationStore):
                 state = MemberState.FINISHED if finish else MemberState.RUNNING if running else member.state
                 values: dict[str, Any] = {
                     "step": last.step, "score": _score_in(last.score), "score_step": last.step,
-                    "state": state.value, "version": member.version + 1, "updated": now,
+                    "state": state.value, "updated": now,
+                    "version": member.version + (2 if finish else 1),  # as report + set_state would
                 }
                 if finish:
                     values.update(lease_owner=None, lease_expires=None)
@@ -583,6 +585,7 @@ class SQLStore(PopulationStore):
             # One SELECT, one UPDATE and one INSERT for the round (not six statements per member).
             c = s.members.c
             query = sa.select(s.members).where(c.run == run, c.member_id.in_(sorted(ids)))
+            query = query.order_by(c.member_id)  # FOR UPDATE takes the row locks in one order
             if self._for_update:
                 query = query.with_for_update()
             members = {m.member_id: m for m in map(self._member_from_row, conn.execute(query))}

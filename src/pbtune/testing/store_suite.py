@@ -116,14 +116,22 @@ class StoreConformance:
         assert store.report_many(run, {}) == {}
 
     def test_report_many_can_finish_the_members_it_reports(self, store: PopulationStore, run: str) -> None:
-        store.claim(run, "w1", 30.0, budget=10)  # member 0 is leased: finishing frees it
+        store.create_run("one-by-one", {"budget": 10})
+        for i in range(3):
+            store.add_member("one-by-one", i, {"lr": 0.1 * (i + 1)})
+        for name in (run, "one-by-one"):
+            store.claim(name, "w1", 30.0, budget=10)  # member 0 is leased: finishing frees it
         done = store.report_many(run, {0: [ScorePoint(3, 0.5)], 1: [ScorePoint(3, 0.25)]}, finish=True)
+        for member_id, score in ((0, 0.5), (1, 0.25)):
+            store.report("one-by-one", member_id, 3, score)
+            store.set_state("one-by-one", member_id, MemberState.FINISHED)
         assert sorted(done) == [0, 1]
         for member_id, score in ((0, 0.5), (1, 0.25)):
-            member = store.get_member(run, member_id)
+            member, expected = store.get_member(run, member_id), store.get_member("one-by-one", member_id)
             assert done[member_id] == member
             assert (member.state, member.step, member.score, member.lease_owner) == (
                 MemberState.FINISHED, 3, score, None)
+            assert member.version == expected.version  # what report + set_state would have left
         assert store.get_member(run, 2).state is MemberState.PENDING  # not reported: left alone
         with pytest.raises(MemberFinishedError):
             store.report_many(run, {0: [ScorePoint(4, 1.0)]})
@@ -179,6 +187,12 @@ class StoreConformance:
             store.apply_exploits(run, [ExploitWrite(2, store.get_member(run, 2).version, 0, 0, {"lr": 1.0}, "x")])
         with pytest.raises(NotFoundError):
             store.apply_exploits(run, [ExploitWrite(7, 0, 0, 0, {"lr": 1.0}, "x")])
+        stale = ExploitWrite(0, versions[0] + 5, 1, 0, {"lr": 1.0}, "x")  # stale and finished: finished wins
+        with pytest.raises(MemberFinishedError):
+            store.apply_exploits(run, [stale, ExploitWrite(2, store.get_member(run, 2).version, 0, 0, {}, "x")])
+        with pytest.raises(ValueError, match="more than once"):
+            store.apply_exploits(run, [ExploitWrite(0, versions[0], 1, 0, {"lr": 1.0}, "x")] * 2)
+        assert store.get_member(run, 0).hparams["lr"] == 0.1 and len(store.events(run)) == 3
 
     def test_report_many_writes_nothing_when_one_member_cannot_take_it(self, store: PopulationStore, run: str) -> None:
         store.report(run, 1, 1, 0.0)

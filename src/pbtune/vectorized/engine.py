@@ -561,14 +561,22 @@ class VectorizedPBT:
         }
 
         def write() -> None:
-            plain = {member_id: points for member_id, points in enumerate(pending) if member_id not in weights}
-            for member_id, record in store.report_many(cfg.name, plain, finish=final).items():  # one transaction
-                state.versions[member_id] = record.version
-            for member_id, member_weights in weights.items():  # writes a checkpoint file: outside the batch
+            # Weights first (they write a checkpoint file: outside any transaction), so that finishing
+            # the members stays the run's last write, in one transaction: if anything before it
+            # fails, the run is still unfinished and resumes from its population checkpoint.
+            for member_id, member_weights in weights.items():
                 points = pending[member_id]
                 self._report_with_weights(state, member_id, member_weights, points[-1], points[:-1])
-                if final:
-                    state.versions[member_id] = store.set_state(cfg.name, member_id, MemberState.FINISHED).version
+            plain = {member_id: points for member_id, points in enumerate(pending) if member_id not in weights}
+
+            def scores() -> dict[int, MemberRecord]:
+                updated = store.report_many(cfg.name, plain, finish=final)
+                for member_id in weights if final else ():
+                    updated[member_id] = store.set_state(cfg.name, member_id, MemberState.FINISHED)
+                return updated
+
+            for member_id, record in store.batch(scores).items():
+                state.versions[member_id] = record.version
 
         self._submit(state, write)
 
