@@ -63,6 +63,13 @@ class ExploitWrite:
 class PopulationStore(abc.ABC):
     """Members, scores, lineage events, leases and checkpoint bookkeeping of PBT runs."""
 
+    @staticmethod
+    def _check_not_final(member: MemberRecord) -> None:
+        if member.state.is_final:
+            raise MemberFinishedError(
+                f"member {member.member_id} of run {member.run!r} is {member.state.value} and cannot change"
+            )
+
     def batch(self, writes: Callable[[], T]) -> T:
         """Run ``writes`` (a function that calls this store) as one transaction: all or nothing.
 
@@ -218,10 +225,7 @@ class PopulationStore(abc.ABC):
         def writes() -> dict[int, MemberRecord] | None:
             current = {e.member_id: self.get_member(run, e.member_id) for e in exploits}
             for member in current.values():  # checked first, as a store with one statement would
-                if member.state.is_final:
-                    raise MemberFinishedError(
-                        f"member {member.member_id} of run {run!r} is {member.state.value} and cannot change"
-                    )
+                self._check_not_final(member)
             if any(current[e.member_id].version != e.expected_version for e in exploits):
                 return None
             updated: dict[int, MemberRecord] = {}

@@ -26,7 +26,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from pbtune.errors import (
     IllegalTransitionError,
     LeaseLostError,
-    MemberFinishedError,
     NotFoundError,
     SchemaVersionError,
     StoreError,
@@ -302,6 +301,34 @@ class SQLStore(PopulationStore):
             raise StoreError(f"member {current.member_id} of run {current.run!r} changed under a lock")
         return _updated_record(current, values)
 
+    def _lock_members(self, conn: Connection, run: str, member_ids: Sequence[int]) -> dict[int, MemberRecord]:
+        """The members, row-locked on PostgreSQL (in member order: no deadlock between two such
+        calls); every one must exist and not be finished, else nothing has been written yet."""
+        c = s.members.c
+        query = sa.select(s.members).where(c.run == run, c.member_id.in_(sorted(member_ids))).order_by(c.member_id)
+        if self._for_update:
+            query = query.with_for_update()
+        members = {m.member_id: m for m in map(self._member_from_row, conn.execute(query))}
+        for member_id in member_ids:
+            if member_id not in members:
+                raise NotFoundError(f"run {run!r} has no member {member_id}")
+            self._check_not_final(members[member_id])
+        return members
+
+    def _update_members(
+        self, conn: Connection, run: str, current: Mapping[int, MemberRecord], values: Mapping[int, dict[str, Any]]
+    ) -> dict[int, MemberRecord]:
+        """:meth:`_update_member` for many locked members in one statement (the same columns each)."""
+        columns = list(next(iter(values.values())))
+        update = _UPDATE_MEMBER.values({name: sa.bindparam(name) for name in columns})
+        result = conn.execute(update, [
+            {**row, "match_run": run, "match_member_id": member_id, "match_version": current[member_id].version}
+            for member_id, row in values.items()
+        ])
+        if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(values):
+            raise StoreError(f"members of run {run!r} changed under a lock")
+        return {member_id: _updated_record(current[member_id], row) for member_id, row in values.items()}
+
     def _append_event(self, conn: Connection, member: MemberRecord, kind: str, **values: Any) -> None:
         conn.execute(
             sa.insert(s.events).values(
@@ -325,13 +352,6 @@ class SQLStore(PopulationStore):
         except IntegrityError:
             return False
         return True
-
-    @staticmethod
-    def _check_not_final(member: MemberRecord) -> None:
-        if member.state.is_final:
-            raise MemberFinishedError(
-                f"member {member.member_id} of run {member.run!r} is {member.state.value} and cannot change"
-            )
 
     @staticmethod
     def _check_lease(member: MemberRecord, worker: str | None) -> None:
@@ -479,46 +499,26 @@ class SQLStore(PopulationStore):
 
         def body(conn: Connection) -> dict[int, MemberRecord]:
             # Three statements for the whole population (not three per member): 10x fewer round trips.
-            c = s.members.c
-            query = sa.select(s.members).where(c.run == run, c.member_id.in_(sorted(wanted)))
-            query = query.order_by(c.member_id)  # FOR UPDATE takes the row locks in one order
-            if self._for_update:
-                query = query.with_for_update()
-            members = {m.member_id: m for m in map(self._member_from_row, conn.execute(query))}
-            for member_id in wanted:
-                if member_id not in members:
-                    raise NotFoundError(f"run {run!r} has no member {member_id}")
-                self._check_not_final(members[member_id])
+            members = self._lock_members(conn, run, list(wanted))
             now = self._clock()
             conn.execute(sa.insert(s.scores), [
                 {"run": run, "member_id": member_id, "step": p.step, "score": _score_in(p.score),
                  "metrics": dict(p.metrics) if p.metrics else None, "time": now}
                 for member_id, points in wanted.items() for p in points
             ])
-            updated: dict[int, MemberRecord] = {}
-            rows = []
+            values: dict[int, dict[str, Any]] = {}
             for member_id, points in wanted.items():
                 member, last = members[member_id], points[-1]
                 running = member.state in (MemberState.PENDING, MemberState.PAUSED)
                 state = MemberState.FINISHED if finish else MemberState.RUNNING if running else member.state
-                values: dict[str, Any] = {
+                values[member_id] = {
                     "step": last.step, "score": _score_in(last.score), "score_step": last.step,
                     "state": state.value, "updated": now,
                     "version": member.version + (2 if finish else 1),  # as report + set_state would
                 }
                 if finish:
-                    values.update(lease_owner=None, lease_expires=None)
-                rows.append({**values, "match_run": run, "match_member_id": member_id,
-                             "match_version": member.version})
-                updated[member_id] = _updated_record(member, values)
-            columns = ["step", "score", "score_step", "state", "version", "updated"]
-            if finish:
-                columns += ["lease_owner", "lease_expires"]
-            update = _UPDATE_MEMBER.values({name: sa.bindparam(name) for name in columns})
-            result = conn.execute(update, rows)
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(rows):
-                raise StoreError(f"members of run {run!r} changed under a lock")
-            return updated
+                    values[member_id].update(lease_owner=None, lease_expires=None)
+            return self._update_members(conn, run, members, values)
 
         return self._transaction(body) if wanted else {}
 
@@ -583,32 +583,23 @@ class SQLStore(PopulationStore):
 
         def body(conn: Connection) -> dict[int, MemberRecord] | None:
             # One SELECT, one UPDATE and one INSERT for the round (not six statements per member).
-            c = s.members.c
-            query = sa.select(s.members).where(c.run == run, c.member_id.in_(sorted(ids)))
-            query = query.order_by(c.member_id)  # FOR UPDATE takes the row locks in one order
-            if self._for_update:
-                query = query.with_for_update()
-            members = {m.member_id: m for m in map(self._member_from_row, conn.execute(query))}
-            for e in exploits:
-                if e.member_id not in members:
-                    raise NotFoundError(f"run {run!r} has no member {e.member_id}")
-                self._check_not_final(members[e.member_id])
+            members = self._lock_members(conn, run, ids)
             if any(members[e.member_id].version != e.expected_version for e in exploits):
                 return None  # checked before any write: nothing to undo
+            if not exploits:
+                return {}
             now = self._clock()
-            rows, events, updated = [], [], {}
+            values: dict[int, dict[str, Any]] = {}
+            events = []
             for e in exploits:
                 member = members[e.member_id]
                 taken = dict(e.hparams)
-                values: dict[str, Any] = {
+                values[e.member_id] = {
                     "hparams": dict(e.explored) if e.explored is not None else taken,
                     "last_ready_step": member.step,
                     "version": member.version + (1 if e.explored is None else 2),  # as two writes would
                     "updated": now,
                 }
-                rows.append({**values, "match_run": run, "match_member_id": e.member_id,
-                             "match_version": member.version})
-                updated[e.member_id] = _updated_record(member, values)
                 common = {"run": run, "member_id": e.member_id, "step": member.step, "time": now,
                           "donor_checkpoint": None, "checkpoint": None}
                 events.append({**common, "kind": "exploit", "donor_id": e.donor_id, "donor_step": e.donor_step,
@@ -617,14 +608,7 @@ class SQLStore(PopulationStore):
                     events.append({**common, "kind": "explore", "donor_id": None, "donor_step": None,
                                    "old_hparams": taken, "new_hparams": dict(e.explored),
                                    "summary": e.explore_summary})
-            if not rows:
-                return updated
-            update = _UPDATE_MEMBER.values(
-                {name: sa.bindparam(name) for name in ("hparams", "last_ready_step", "version", "updated")}
-            )
-            result = conn.execute(update, rows)
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(rows):
-                raise StoreError(f"members of run {run!r} changed under a lock")
+            updated = self._update_members(conn, run, members, values)
             conn.execute(sa.insert(s.events), events)
             return updated
 

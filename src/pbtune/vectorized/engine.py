@@ -678,10 +678,8 @@ class VectorizedPBT:
             "engine": engine,
         }
         path = self.checkpoint_path
-        if state.files is None:
-            atomic_save(payload, path)
-        else:
-            state.files.submit(lambda: atomic_save(payload, path))
+        assert state.files is not None  # only called from _loop
+        state.files.submit(lambda: atomic_save(payload, path))
 
 
 @dataclass
