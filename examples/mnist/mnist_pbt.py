@@ -298,13 +298,13 @@ def train_vanilla(config: pbtune.RunConfig, hparams: Mapping[str, Any], out: str
 
 def test_members(config: pbtune.RunConfig, which: str = "best") -> list[tuple[int, dict[str, Any], float, float]]:
     """Test accuracy of the best member, all members, or one id: ``[(member, hparams, val, test)]``."""
-    from pbtune.engine.local import best_member
+    from pbtune.results import require_best
 
     store = pbtune.open_store(config.storage)
     checkpoints = pbtune.CheckpointStore(config.checkpoints)
     members = store.list_members(config.name)
     if which == "best":
-        chosen = [best_member(members, config.mode)]
+        chosen = [require_best(members, config)]
     elif which == "all":
         chosen = list(members)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig, load_config
-from pbtune.engine import RunResult, Trainable, Worker, run
+from pbtune.engine import Trainable, Worker
 from pbtune.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -13,9 +13,11 @@ from pbtune.errors import (
     PBTuneError,
     StoreError,
 )
+from pbtune.launch import run
 from pbtune.lineage import ScheduleEntry, schedule
 from pbtune.member import Donor, Member, Population
 from pbtune.report.replay import replay
+from pbtune.results import RunResult
 from pbtune.space import Choice, Float, Int, Space
 from pbtune.store import PopulationStore, open_store
 from pbtune.strategies import (

@@ -13,11 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
-from pbtune.engine.local import best_member
 from pbtune.engine.local import run as run_population
 from pbtune.errors import InvalidConfigError, PBTuneError
+from pbtune.launch import progress_display
 from pbtune.lineage import schedule
+from pbtune.ranking import best_member
 from pbtune.store import open_store
+from pbtune.strategies import Ready
 from pbtune.types import MemberRecord
 
 app = typer.Typer(help="Population Based Training: run populations and inspect what they found.",
@@ -76,7 +78,7 @@ def run(
             if address is not None or resources is not None:
                 raise InvalidConfigError("--address/--resources-per-worker", "pbtune run", "used with --launcher ray",
                                          address or resources)
-            result = run_population(config=cfg, progress=progress)
+            result = run_population(config=cfg, display=progress_display(progress))
         else:
             raise InvalidConfigError("--launcher", "pbtune run", "'local' or 'ray'", launcher)
     except PBTuneError as exc:
@@ -136,10 +138,8 @@ def status(
     except PBTuneError as exc:
         _fail(str(exc))
         return
-    try:
-        best_id: int | None = best_member(members, cfg.get("mode", "max")).member_id
-    except PBTuneError:
-        best_id = None
+    top = best_member(members, cfg.get("mode", "max"))
+    best_id = top.member_id if top is not None else None
     if as_json:
         rows = [{"member": m.member_id, "state": m.state.value, "step": m.step, "score": m.score,
                  "hparams": dict(m.hparams), "error": m.error} for m in members]
@@ -157,6 +157,8 @@ def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = Stor
         store = open_store(storage)
         cfg = store.get_run(run_name).config
         member = best_member(store.list_members(run_name), cfg.get("mode", "max"))
+        if member is None:
+            raise PBTuneError(f"no member of run {run_name!r} has a finite score yet (failed members are never best)")
         entries = schedule(store.events(run_name), member.member_id)
     except PBTuneError as exc:
         _fail(str(exc))
@@ -177,7 +179,13 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
         store = open_store(storage)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
-        member_id = best_member(members, cfg.get("mode", "max")).member_id if member == "best" else int(member)
+        if member == "best":
+            top = best_member(members, cfg.get("mode", "max"))
+            if top is None:
+                raise PBTuneError(f"no member of run {run_name!r} has a finite score yet")
+            member_id = top.member_id
+        else:
+            member_id = int(member)
         if member_id not in {m.member_id for m in members}:
             _fail(f"run {run_name!r} has no member {member_id}")
         events = store.events(run_name)
@@ -217,11 +225,11 @@ def demo(workers: int = typer.Option(2, help="Worker processes."),
     name = time.strftime("demo-%Y%m%d-%H%M%S")
     cfg = RunConfig(
         name=name, space={"lr": {"type": "float", "low": 0.0005, "high": 0.05, "log": True}},
-        population=8, workers=workers, budget=60, ready={"interval": 5},
+        population=8, workers=workers, budget=60, ready=Ready(interval=5),
         trainable="pbtune.testing.trainables:Quadratic", trainable_args={"step_seconds": 0.02},
     )
     try:
-        result = run_population(config=cfg, progress="quiet" if quiet else True)
+        result = run_population(config=cfg, display=progress_display("quiet" if quiet else True))
     except PBTuneError as exc:
         _fail(str(exc))
         return

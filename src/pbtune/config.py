@@ -16,19 +16,20 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pbtune.errors import InvalidConfigError
+from pbtune.ranking import check_mode
 from pbtune.space import Space
 from pbtune.strategies import (
     ExploitStrategy,
     ExploreStrategy,
     PerturbOrResample,
     Ready,
-    Tournament,
     Truncation,
     exploit_from_config,
     explore_from_config,
     ready_from_config,
+    strategy_config,
 )
-from pbtune.strategies._ranking import check_mode
+from pbtune.validation import check_int, check_number, is_number
 
 __all__ = ["RunConfig", "load_config", "DEFAULT_DIR"]
 
@@ -36,15 +37,11 @@ DEFAULT_DIR = "pbtune-runs"
 
 
 def _int(value: Any, field_name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidConfigError(field_name, "config", f"an integer >= {minimum}", value)
-    return value
+    return check_int(value, field_name, "config", minimum=minimum)
 
 
 def _positive(value: Any, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise InvalidConfigError(field_name, "config", "a number > 0", value)
-    return float(value)
+    return check_number(value, field_name, "config", low=0, low_open=True)
 
 
 @dataclass
@@ -78,9 +75,10 @@ class RunConfig:
     workers: int = 1
     mode: str = "max"
     metric: str = "score"
-    ready: Any = field(default_factory=lambda: Ready(interval=10))
-    exploit: Any = field(default_factory=Truncation)
-    explore: Any = field(default_factory=PerturbOrResample)
+    # Config forms ("truncation", {"interval": 10}, ...) are accepted too and converted on construction.
+    ready: Ready = field(default_factory=lambda: Ready(interval=10))
+    exploit: ExploitStrategy = field(default_factory=Truncation)
+    explore: ExploreStrategy = field(default_factory=PerturbOrResample)
     seed: int = 0
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
     checkpoints: str = f"{DEFAULT_DIR}/checkpoints"
@@ -104,12 +102,9 @@ class RunConfig:
         check_mode(self.mode, "config")
         if not isinstance(self.metric, str) or not self.metric:
             raise InvalidConfigError("metric", "config", "a non-empty string", self.metric)
-        if not isinstance(self.ready, Ready):
-            self.ready = ready_from_config(self.ready)
-        if not isinstance(self.exploit, (Truncation, Tournament)):
-            self.exploit = exploit_from_config(self.exploit)
-        if not isinstance(self.explore, PerturbOrResample):
-            self.explore = explore_from_config(self.explore)
+        self.ready = ready_from_config(self.ready)
+        self.exploit = exploit_from_config(self.exploit)
+        self.explore = explore_from_config(self.explore)
         if self.checkpoint_interval is not None:
             self.checkpoint_interval = _int(self.checkpoint_interval, "checkpoint_interval", 1)
         self.lease_seconds = _positive(self.lease_seconds, "lease_seconds")
@@ -123,19 +118,10 @@ class RunConfig:
             raise InvalidConfigError("trainable_args", "config", "a mapping", self.trainable_args)
         if self.resources_per_worker is not None and not (
             isinstance(self.resources_per_worker, Mapping)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-                    for v in self.resources_per_worker.values())
+            and all(is_number(v) and v >= 0 for v in self.resources_per_worker.values())
         ):
             raise InvalidConfigError("resources_per_worker", "config", 'a mapping like {"cpu": 1, "gpu": 0.5}',
                                      self.resources_per_worker)
-
-    @property
-    def exploit_strategy(self) -> ExploitStrategy:
-        return self.exploit  # type: ignore[no-any-return]
-
-    @property
-    def explore_strategy(self) -> ExploreStrategy:
-        return self.explore  # type: ignore[no-any-return]
 
     @property
     def effective_checkpoint_interval(self) -> int:
@@ -169,8 +155,8 @@ class RunConfig:
             "mode": self.mode,
             "metric": self.metric,
             "ready": {"interval": self.ready.interval, "burn_in": self.ready.burn_in},
-            "exploit": _strategy_dict(self.exploit),
-            "explore": _strategy_dict(self.explore),
+            "exploit": strategy_config(self.exploit),
+            "explore": strategy_config(self.explore),
             "seed": self.seed,
             "storage": self.storage,
             "checkpoints": self.checkpoints,
@@ -181,16 +167,6 @@ class RunConfig:
             "trainable_args": dict(self.trainable_args),
             "resources_per_worker": dict(self.resources_per_worker) if self.resources_per_worker else None,
         }
-
-
-def _strategy_dict(strategy: Any) -> dict[str, Any]:
-    names = {"Truncation": "truncation", "Tournament": "tournament", "Perturb": "perturb",
-             "Resample": "resample", "PerturbOrResample": "perturb_or_resample"}
-    out: dict[str, Any] = {"name": names[type(strategy).__name__]}
-    for f in fields(strategy):
-        value = getattr(strategy, f.name)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
 
 
 def _resolve_file_target(target: str, base_dir: str) -> str:

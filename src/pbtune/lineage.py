@@ -8,9 +8,9 @@ from typing import Any
 
 from pbtune.types import EventRecord
 
-__all__ = ["ScheduleEntry", "schedule"]
+__all__ = ["SCHEDULE_KINDS", "ScheduleEntry", "schedule"]
 
-_SCHEDULE_KINDS = ("init", "exploit", "explore")
+SCHEDULE_KINDS = ("init", "exploit", "explore")  # the events that set a member's hyperparameters
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def schedule(events: Iterable[EventRecord], member_id: int, *, until_step: int |
     """
     by_member: dict[int, list[EventRecord]] = {}
     for event in events:
-        if event.kind in _SCHEDULE_KINDS:
+        if event.kind in SCHEDULE_KINDS:
             by_member.setdefault(event.member_id, []).append(event)
     return _dedupe(_schedule(by_member, member_id, until_step, depth=0))
 

@@ -26,8 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
+from pbtune.round import ExploitPlan, ReadyCheck, decision_rng, explore_hparams, plan_member
 from pbtune.store.base import PopulationStore, ScorePoint
-from pbtune.strategies import Exploit
 from pbtune.types import MemberRecord, MemberState
 
 __all__ = ["Member", "MemberProtocol", "Donor", "Population", "decision_rng"]
@@ -73,11 +73,6 @@ class MemberProtocol(Protocol):
     def finish(self) -> None: ...
 
 
-def decision_rng(seed: int, member_id: int, step: int, purpose: str) -> random.Random:
-    """A generator that depends only on what is being decided, never on process or timing."""
-    return random.Random(f"{seed}:{member_id}:{step}:{purpose}")
-
-
 class Member:
     """One population member; talks to the population only through the stores."""
 
@@ -98,7 +93,8 @@ class Member:
         self._worker = worker
         fresh = record is not None and record.run == config.name and record.member_id == member_id
         self._record = record if fresh and record is not None else store.get_member(config.name, member_id)
-        self._pending: tuple[Exploit, MemberRecord] | None = None
+        self._pending: ExploitPlan | None = None
+        self._explored: ExploitPlan | None = None  # the plan whose exploit was applied; explore() writes the rest
         self._loaded_path: str | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -164,25 +160,23 @@ class Member:
     def should_exploit(self) -> bool:
         """True when the member is ready and the exploit strategy picked a donor.
 
-        A ready check that decides to continue restarts the ready interval.
+        The decision is the round planner's (:func:`pbtune.round.plan_member`) on a fresh
+        snapshot of the population. A ready check that decides to continue restarts the ready
+        interval.
         """
         self._pending = None
         if not self._config.ready.is_ready(self._record):  # our own record is current: we wrote it
             return False
         snapshot = self._store.list_members(self.run)
-        me = next(m for m in snapshot if m.member_id == self.member_id)
-        self._record = me
-        if not self._config.ready.is_ready(me) or me.state.is_final:
-            return False
-        population = [m for m in snapshot if m.state is not MemberState.FAILED]
-        rng = decision_rng(self._config.seed, self.member_id, me.step, "exploit")
-        decision = self._config.exploit_strategy.decide(population, self.member_id, rng, mode=self._config.mode)
-        if isinstance(decision, Exploit):
-            donor = next(m for m in population if m.member_id == decision.donor_id)
-            self._pending = (decision, donor)
+        self._record = next(m for m in snapshot if m.member_id == self.member_id)
+        plan = plan_member(self._config, snapshot, self.member_id)
+        if isinstance(plan, ExploitPlan):
+            self._pending = plan
             return True
-        self._store.mark_ready_checked(self.run, self.member_id, me.step, me.version)
-        self.refresh()
+        if isinstance(plan, ReadyCheck):
+            check = plan.write()
+            self._store.mark_ready_checked(self.run, self.member_id, check.step, check.expected_version)
+            self.refresh()
         return False
 
     def exploit(self) -> Donor | None:
@@ -194,51 +188,47 @@ class Member:
         """
         if self._pending is None:
             raise PBTuneError("exploit() needs a donor: call should_exploit() first and check it returned True")
-        decision, donor = self._pending
-        self._pending = None
-        me = self._record
+        plan, self._pending = self._pending, None
         holder = f"{self.run}/{self.member_id}/{uuid.uuid4().hex[:8]}"
-        key = decision.donor_checkpoint
+        key = plan.donor_checkpoint
         if not self._store.pin_checkpoint(self.run, key, holder, _PIN_SECONDS):
-            self._store.mark_ready_checked(self.run, self.member_id, me.step, me.version)
+            self._store.mark_ready_checked(self.run, self.member_id, plan.step, plan.expected_version)
             self.refresh()
             return None
         try:
             copy = self._checkpoints.copy(
-                key, donor.checkpoint_sha256 or "", run=self.run, member_id=self.member_id, step=me.step
+                key, plan.donor_checkpoint_sha256 or "", run=self.run, member_id=self.member_id, step=plan.step
             )
         except CheckpointError:
             self._store.unpin_checkpoint(self.run, key, holder)
             raise
-        try:
-            summary = (
-                f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
-                f" over member {self.member_id} (score {me.score if me.score is None else f'{me.score:.6g}'})"
-            )
-            updated = self._store.apply_exploit(
-                self.run, self.member_id, expected_version=me.version, donor_id=donor.member_id,
-                donor_step=decision.donor_step, hparams=donor.hparams if decision.copy_hparams else me.hparams,
-                checkpoint=copy, summary=summary if decision.copy_hparams else f"{summary} (weights only)",
-                donor_checkpoint=key,
-            )
+        try:  # the explore is written by explore(), after the user has loaded the copied weights
+            updated = self._store.apply_exploits(self.run, [plan.write(checkpoint=copy, explore=False)])
         finally:
             self._store.unpin_checkpoint(self.run, key, holder)
         if updated is None:
             self._checkpoints.delete(copy.key)
             self.refresh()
             return None
-        self._record = updated
+        self._record = updated[self.member_id]
+        self._explored = plan
         self._loaded_path = self._checkpoints.fetch(copy.key, copy.sha256)
         for stale in self._store.collect_checkpoints(self.run, self.member_id, self._config.keep_checkpoints):
             self._checkpoints.delete(stale)
-        return Donor(donor.member_id, decision.donor_step, decision.donor_score, dict(donor.hparams))
+        return Donor(plan.donor_id, plan.donor_step, plan.donor_score, dict(plan.donor_hparams))
 
     def explore(self) -> dict[str, Any]:
-        """Perturb or resample the hyperparameters (per the explore strategy); return the new ones."""
+        """Perturb or resample the hyperparameters (per the explore strategy); return the new ones.
+
+        After :meth:`exploit` these are the ones its plan explored to (the same as the
+        vectorized engine would choose); otherwise they are drawn for the current step.
+        """
         me = self.refresh()
-        rng = decision_rng(self._config.seed, self.member_id, me.step, "explore")
-        new, changes = self._config.explore_strategy.explore(me.hparams, self._config.space, rng)
-        summary = "; ".join(change.summary() for change in changes)
+        plan, self._explored = self._explored, None
+        if plan is not None and plan.step == me.step and dict(plan.taken) == dict(me.hparams):
+            new, summary = dict(plan.explored), plan.explore_summary
+        else:
+            new, summary = explore_hparams(self._config, self.member_id, me.step, me.hparams)
         updated = self._store.set_hparams(
             self.run, self.member_id, new, expected_version=me.version, kind="explore", summary=summary
         )

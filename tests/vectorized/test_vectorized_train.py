@@ -142,9 +142,9 @@ def test_resume_from_the_population_checkpoint_continues_bit_for_bit(tmp_path):
 @pytest.fixture
 def every_core_busy(monkeypatch):
     """Automatic writes as when torch's threads use every core: store inline, checkpoint file on a thread."""
-    from pbtune.vectorized import engine as engine_module
+    from pbtune.vectorized import loop
 
-    monkeypatch.setattr(engine_module.os, "cpu_count", lambda: torch.get_num_threads())
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: torch.get_num_threads())
 
 
 def test_resume_with_the_checkpoint_file_on_its_own_thread_continues_bit_for_bit(tmp_path, every_core_busy):
@@ -162,12 +162,12 @@ def test_resume_with_the_checkpoint_file_on_its_own_thread_continues_bit_for_bit
 
 
 def test_an_error_writing_the_checkpoint_file_on_its_thread_reaches_the_caller(tmp_path, every_core_busy, monkeypatch):
-    from pbtune.vectorized import engine as engine_module
+    from pbtune.vectorized import persistence
 
     def full_disk(payload, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine_module, "atomic_save", full_disk)
+    monkeypatch.setattr(persistence, "atomic_save", full_disk)
     with pytest.raises(OSError, match="No space left"):
         pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name="full", steps=4)).run()
 
@@ -179,8 +179,10 @@ def test_a_failure_while_finishing_leaves_a_run_that_resumes(tmp_path, monkeypat
     def broken_disk(*args, **kwargs):
         raise OSError(5, "I/O error writing the best member's weights")
 
-    monkeypatch.setattr(failing, "_report_with_weights", broken_disk)
-    with pytest.raises(OSError, match="best member's weights"):
+    from pbtune.vectorized import persistence
+
+    with monkeypatch.context() as patched, pytest.raises(OSError, match="best member's weights"):
+        patched.setattr(persistence, "report_with_weights", broken_disk)
         failing.run()
     assert not any(m.state.is_final for m in failing.store.list_members("late"))  # finishing comes last
     result = pv.VectorizedPBT(mlp, SPACE, **settings).run()  # resumes from the step-2 checkpoint
@@ -294,7 +296,7 @@ def test_importing_the_package_does_not_import_torch():
 @CUDA
 def test_the_engine_trains_on_cuda(tmp_path):
     result = pv.train(bn_mlp, SPACE, **_settings(tmp_path, name="cuda", device="cuda"))
-    assert result.engine.population.params.is_cuda
+    assert result.population.params.is_cuda
     assert len(open_store(f"sqlite:///{tmp_path}/pbt.db").scores("cuda")) == 36
 
 
@@ -368,21 +370,21 @@ def test_inline_and_background_writes_record_the_same_run(tmp_path):
 
 
 def test_writes_overlap_the_training_only_when_a_core_is_free(tmp_path, monkeypatch):
-    from pbtune.vectorized import engine as engine_module
+    from pbtune.vectorized import loop
 
     seen = []
-    real = engine_module.BackgroundWriter
+    real = loop.BackgroundWriter
 
     def writer(enabled=True, name="pbtune-vectorized-writer"):
         seen.append((name.rsplit("-", 1)[-1], enabled))
         return real(enabled=enabled, name=name)
 
-    monkeypatch.setattr(engine_module, "BackgroundWriter", writer)
+    monkeypatch.setattr(loop, "BackgroundWriter", writer)
     threads = torch.get_num_threads()
     try:
         for count, cores in ((2, 2), (1, 2)):
             torch.set_num_threads(count)
-            monkeypatch.setattr(engine_module.os, "cpu_count", lambda cores=cores: cores)
+            monkeypatch.setattr(loop.os, "cpu_count", lambda cores=cores: cores)
             pv.VectorizedPBT(mlp, SPACE, **_settings(tmp_path, name=f"auto{count}", steps=1)).run()
     finally:
         torch.set_num_threads(threads)

@@ -10,66 +10,19 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.engine.trainable import Trainable
 from pbtune.engine.worker import Worker, load_trainable
 from pbtune.errors import PBTuneError
-from pbtune.lineage import ScheduleEntry, schedule
 from pbtune.member import Population
+from pbtune.results import RunResult, summarize
 from pbtune.store.base import PopulationStore
-from pbtune.strategies._ranking import ranked
-from pbtune.types import MemberRecord, MemberState
 
-__all__ = ["Monitor", "run", "RunResult", "best_member", "summarize", "worker_main"]
+__all__ = ["Monitor", "run", "RunResult", "summarize", "worker_main"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a finished run found."""
-
-    run: str
-    best: MemberRecord
-    checkpoint_path: str | None
-    schedule: list[ScheduleEntry]
-    members: tuple[MemberRecord, ...]
-    storage: str
-    checkpoints: str
-
-    @property
-    def best_score(self) -> float | None:
-        return self.best.score
-
-
-def best_member(members: tuple[MemberRecord, ...], mode: str) -> MemberRecord:
-    """The member with the best last score (failed members excluded when others exist)."""
-    alive = [m for m in members if m.state is not MemberState.FAILED] or list(members)
-    order = ranked(alive, mode)
-    if not order:
-        raise PBTuneError("no member has reported a score yet")
-    return order[0]
-
-
-def summarize(config: RunConfig, store: PopulationStore, checkpoints: CheckpointStore) -> RunResult:
-    members = store.list_members(config.name)
-    if all(m.state is MemberState.FAILED for m in members):
-        last_line = (members[0].error or "").strip().splitlines()[-1:] or ["no traceback"]
-        raise PBTuneError(
-            f"every member of run {config.name!r} failed; member 0: {last_line[0]} "
-            f"(full tracebacks: pbtune status {config.name} --json)"
-        )
-    best = best_member(members, config.mode)
-    path = checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "") if best.checkpoint else None
-    return RunResult(
-        run=config.name, best=best, checkpoint_path=path,
-        schedule=schedule(store.events(config.name), best.member_id), members=members,
-        storage=config.storage, checkpoints=config.checkpoints,
-    )
 
 
 def worker_main(config_dict: Mapping[str, Any], trainable: type[Trainable] | str, worker_id: str) -> None:
@@ -93,30 +46,17 @@ def run(
     trainable: type[Trainable] | str | None = None,
     config: RunConfig | None = None,
     *,
-    progress: bool | str = True,
+    display: Monitor | None = None,
     max_restarts: int | None = None,
     monitors: Sequence[Monitor] = (),
     initial: Sequence[Mapping[str, Any]] = (),
     **settings: Any,
 ) -> RunResult:
-    """Train a population with PBT on ``workers`` local processes and return the best member.
+    """Train a population with PBT on ``workers`` local processes (see :func:`pbtune.run`).
 
     Args:
-        trainable: a :class:`Trainable` subclass (importable by module, for the worker
-            processes) or ``"module:Class"``; defaults to ``config.trainable``.
-        config: a :class:`RunConfig`; or pass its fields as keywords.
-        progress: ``True``: a live table of members and a progress bar with ETA (rich);
-            ``"quiet"``: one plain progress line every 10 s (CI logs); ``False``: nothing.
-        max_restarts: worker processes restarted after they die (default ``3 * workers``).
-        monitors: objects with ``update(store, config)`` and ``close()``, called about five
-            times a second while the run goes on (live TensorBoard, dashboards).
-        initial: first hyperparameters of members 0, 1, ...; the rest are sampled.
-
-    Example::
-
-        result = pbtune.run(MyTrainable, name="exp", space={"lr": Float(1e-4, 1e-1, log=True)},
-                            population=8, workers=2, budget=100, ready={"interval": 10})
-        print(result.best.score, result.checkpoint_path, result.schedule)
+        display: the progress view, updated like a monitor; the caller picks it (:func:`pbtune.run`
+            and the CLI hand in :class:`pbtune.report.live.LiveDisplay`). None: none.
     """
     if config is None:
         config = RunConfig(**settings)
@@ -141,11 +81,7 @@ def run(
     if all(m.state.is_final for m in population.members()):  # resumed a finished run
         return summarize(config, population.store, population.checkpoints)
     procs = [start(i) for i in range(config.workers)]
-    watchers: list[Monitor] = list(monitors)
-    if progress:
-        from pbtune.report.live import LiveDisplay
-
-        watchers.insert(0, LiveDisplay(quiet=progress == "quiet"))
+    watchers: list[Monitor] = ([display] if display is not None else []) + list(monitors)
     try:
         while True:
             for watcher in watchers:

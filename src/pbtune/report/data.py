@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbtune.errors import InvalidConfigError, PBTuneError
-from pbtune.lineage import ScheduleEntry, schedule
+from pbtune.lineage import SCHEDULE_KINDS, ScheduleEntry, schedule
+from pbtune.ranking import best_member
 from pbtune.space import Choice, Space
 from pbtune.store.base import PopulationStore
-from pbtune.strategies._ranking import ranked
-from pbtune.types import EventRecord, MemberRecord, MemberState, ScoreRecord
+from pbtune.types import EventRecord, MemberRecord, ScoreRecord
 
 __all__ = [
     "Curve",
@@ -52,7 +52,6 @@ __all__ = [
     "schedule_records",
 ]
 
-_SCHEDULE_KINDS = ("init", "exploit", "explore")
 
 
 @dataclass(frozen=True)
@@ -225,7 +224,7 @@ def hparam_history(events: Iterable[EventRecord], member_id: int) -> list[tuple[
     """
     out: list[tuple[int, dict[str, Any]]] = []
     for event in events:
-        if event.member_id != member_id or event.kind not in _SCHEDULE_KINDS or event.new_hparams is None:
+        if event.member_id != member_id or event.kind not in SCHEDULE_KINDS or event.new_hparams is None:
             continue
         hparams = dict(event.new_hparams)
         if out and out[-1][0] == event.step:
@@ -432,10 +431,9 @@ def ancestry_scores(data: RunData, member_id: int, step: int | None = None) -> C
 
 # -- members -------------------------------------------------------------------------------------
 def best_member_id(data: RunData) -> int | None:
-    """The member with the best last score (failed members excluded when others exist), or None."""
-    alive = [m for m in data.members if m.state is not MemberState.FAILED] or list(data.members)
-    order = ranked(alive, data.mode)
-    return order[0].member_id if order else None
+    """The best member's id by :func:`pbtune.ranking.best_member`'s rule, or None."""
+    best = best_member(data.members, data.mode)
+    return best.member_id if best is not None else None
 
 
 def resolve_member(data: RunData, member: int | str) -> int:
@@ -448,7 +446,9 @@ def resolve_member(data: RunData, member: int | str) -> int:
     if isinstance(member, str) and member.strip().lower() == "best":
         best = best_member_id(data)
         if best is None:
-            raise PBTuneError(f"no member of run {data.run!r} has reported a score yet")
+            raise PBTuneError(
+                f"no member of run {data.run!r} has a finite score yet (failed members are never best)"
+            )
         return best
     ids = [m.member_id for m in data.members]
     try:

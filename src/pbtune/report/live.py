@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pbtune.config import RunConfig
+from pbtune.ranking import best_member, ranked
 from pbtune.store.base import PopulationStore
-from pbtune.strategies._ranking import ranked
 from pbtune.types import EventRecord, MemberRecord, MemberState
 
 __all__ = ["LiveDisplay", "progress_line"]
@@ -47,8 +47,8 @@ def progress_line(config: RunConfig, members: Sequence[MemberRecord], events: Se
     """
     total = config.budget * max(len(members), 1)
     done = _done_steps(members, config.budget)
-    order = ranked(members, config.mode)
-    best = f"{order[0].score:.6g} (member {order[0].member_id})" if order else "-"
+    top = best_member(members, config.mode)
+    best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
     exploits = sum(e.kind == "exploit" for e in events)
     finished = sum(m.state.is_final for m in members)
     return (
@@ -102,7 +102,8 @@ class LiveDisplay:
             if e.kind in _NOTABLE:
                 last[e.member_id] = e
         order = ranked(members, config.mode)
-        best_id = order[0].member_id if order else None
+        top = best_member(members, config.mode)
+        best_id = top.member_id if top is not None else None
         shown = list(members)
         if len(shown) > self.max_rows:  # keep the best ones (then unscored ones), in id order
             scored = [m.member_id for m in order]
@@ -129,8 +130,8 @@ class LiveDisplay:
         from rich.console import Group
 
         self._ensure_progress(config, members)
-        order = ranked(members, config.mode)
-        best = f"{order[0].score:.6g} (member {order[0].member_id})" if order else "-"
+        top = best_member(members, config.mode)
+        best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
         self._progress.update(
             self._task, total=config.budget * max(len(members), 1), completed=_done_steps(members, config.budget),
             best=best, exploits=sum(e.kind == "exploit" for e in events),

@@ -20,6 +20,7 @@ from typing import Any
 from pbtune.engine.trainable import Trainable
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.lineage import ScheduleEntry
+from pbtune.validation import check_int
 
 __all__ = ["ReplayResult", "as_schedule", "replay", "replay_member"]
 
@@ -63,9 +64,7 @@ def as_schedule(entries: Iterable[ScheduleEntry | Mapping[str, Any]]) -> list[Sc
             entry = ScheduleEntry(raw.step, raw.hparams, getattr(raw, "member_id", -1), str(getattr(raw, "kind", "")))
         else:
             raise InvalidConfigError(f"schedule[{index}]", "replay", "a ScheduleEntry or a mapping", raw)
-        step = entry.step
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise InvalidConfigError(f"schedule[{index}].step", "replay", "an integer >= 0", step)
+        step = check_int(entry.step, f"schedule[{index}].step", "replay", minimum=0)
         if not isinstance(entry.hparams, Mapping):
             raise InvalidConfigError(
                 f"schedule[{index}].hparams", "replay", "a mapping of name -> value", entry.hparams
@@ -110,8 +109,7 @@ def replay(
         (6, True)
     """
     entries = as_schedule(schedule)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise InvalidConfigError("steps", "replay", "an integer >= 0", steps)
+    check_int(steps, "steps", "replay", minimum=0)
     args = dict(trainable_args or {})
     if isinstance(trainable, type):
         if not issubclass(trainable, Trainable):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -24,11 +23,13 @@ from typing import Any
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
-from pbtune.engine.local import Monitor, RunResult, summarize
+from pbtune.engine.local import Monitor
 from pbtune.engine.trainable import Trainable
 from pbtune.engine.worker import load_trainable
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.member import Population
+from pbtune.results import RunResult, summarize
+from pbtune.validation import check_number
 
 __all__ = ["launch_ray", "parse_resources", "ray_options"]
 
@@ -63,8 +64,7 @@ def ray_options(resources_per_worker: Mapping[str, float] | None) -> dict[str, A
     options: dict[str, Any] = {}
     custom: dict[str, float] = {}
     for key, value in given.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise InvalidConfigError(f"{_WHERE}.{key}", "ray launcher", "a finite number >= 0", value)
+        check_number(value, f"{_WHERE}.{key}", "ray launcher", low=0)
         name = str(key)
         builtin = {"cpu": "num_cpus", "gpu": "num_gpus", "memory": "memory"}.get(name.lower())
         if builtin is not None:

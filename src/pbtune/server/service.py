@@ -30,9 +30,9 @@ from typing import Any
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
-from pbtune.engine.local import best_member
-from pbtune.errors import NotFoundError, PBTuneError
+from pbtune.errors import NotFoundError
 from pbtune.member import Donor, Member, Population
+from pbtune.ranking import best_member
 from pbtune.server._wire import PROTOCOL_VERSION, CheckpointSpec, float_to_wire, member_to_wire
 from pbtune.server.errors import PopulationFullError, ServerError
 from pbtune.server.uploads import UploadArea
@@ -421,10 +421,8 @@ class PopulationService:
         if self.config is None:
             return {"run": self.run_name, "created": False, "members": [], "best": None}
         members = self.store.list_members(self.run_name)
-        try:
-            best: int | None = best_member(members, self.config.mode).member_id
-        except PBTuneError:
-            best = None
+        top = best_member(members, self.config.mode)
+        best = top.member_id if top is not None else None
         return {
             "run": self.run_name,
             "created": True,

@@ -22,9 +22,15 @@ from typing import Any, TypeVar
 from pbtune.errors import MemberFinishedError, StoreError
 from pbtune.types import EventRecord, MemberRecord, MemberState, RunRecord, ScoreRecord
 
-__all__ = ["PopulationStore", "CheckpointRef", "ScorePoint", "ExploitWrite"]
+__all__ = ["PopulationStore", "CheckpointRef", "ScorePoint", "ExploitWrite", "ReadyCheckWrite"]
 
 T = TypeVar("T")
+
+
+def already_applied(member: MemberRecord, write: ExploitWrite) -> bool:
+    """True when ``member`` already holds ``write``'s fresh checkpoint copy: an earlier try of
+    the same exploit committed and only its answer was lost."""
+    return write.checkpoint is not None and member.checkpoint == write.checkpoint.key
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,17 @@ class ExploitWrite:
     summary: str
     explored: Mapping[str, Any] | None = None  # after explore; None: no explore event
     explore_summary: str = ""
+    checkpoint: CheckpointRef | None = None  # the member's copy of the donor's checkpoint; None: copied in memory
+    donor_checkpoint: str | None = None  # the donor's key that was copied (recorded in the event)
+
+
+@dataclass(frozen=True)
+class ReadyCheckWrite:
+    """A ready check that chose to continue: the member's ready interval restarts at ``step``."""
+
+    member_id: int
+    expected_version: int
+    step: int
 
 
 class PopulationStore(abc.ABC):
@@ -205,34 +222,45 @@ class PopulationStore(abc.ABC):
             MemberFinishedError: the member is finished or failed.
         """
 
-    def apply_exploits(self, run: str, exploits: Sequence[ExploitWrite]) -> dict[int, MemberRecord] | None:
-        """Many in-memory exploits at once, in one transaction (for the vectorized engine).
+    def apply_exploits(
+        self, run: str, exploits: Sequence[ExploitWrite], ready_checks: Sequence[ReadyCheckWrite] = ()
+    ) -> dict[int, MemberRecord] | None:
+        """A round of a PBT engine in one transaction: exploits (each with its explore) and the
+        ready checks of the members that continue.
 
-        Each is :meth:`apply_exploit` with ``checkpoint=None`` followed, when ``explored`` is
-        given, by :meth:`set_hparams` with ``kind="explore"``: the same events, versions and
-        hyperparameters. Returns the updated records, or ``None`` (and writes nothing) if one
-        of the members changed since its ``expected_version``.
+        Each exploit is :meth:`apply_exploit` (with its ``checkpoint``, if any) followed, when
+        ``explored`` is given, by :meth:`set_hparams` with ``kind="explore"``; each ready check
+        is :meth:`mark_ready_checked`: the same events, versions and hyperparameters. An exploit
+        whose ``checkpoint`` the member already holds was applied by an earlier try whose answer
+        was lost: it counts as done. Returns the updated records, or ``None`` (and writes
+        nothing) if one of the members changed since its ``expected_version``.
 
         Raises:
             MemberFinishedError: one of the members is finished or failed (nothing is written).
             NotFoundError: no such member (nothing is written).
             ValueError: a member appears more than once.
         """
-        ids = [e.member_id for e in exploits]
+        ids = [e.member_id for e in exploits] + [c.member_id for c in ready_checks]
         if len(set(ids)) != len(ids):
             raise ValueError(f"apply_exploits: a member appears more than once in {ids}")
 
         def writes() -> dict[int, MemberRecord] | None:
-            current = {e.member_id: self.get_member(run, e.member_id) for e in exploits}
+            current = {member_id: self.get_member(run, member_id) for member_id in ids}
             for member in current.values():  # checked first, as a store with one statement would
                 self._check_not_final(member)
-            if any(current[e.member_id].version != e.expected_version for e in exploits):
+            done = {e.member_id for e in exploits if already_applied(current[e.member_id], e)}
+            expected = [(e.member_id, e.expected_version) for e in exploits if e.member_id not in done]
+            expected += [(c.member_id, c.expected_version) for c in ready_checks]
+            if any(current[member_id].version != version for member_id, version in expected):
                 return None
-            updated: dict[int, MemberRecord] = {}
+            updated: dict[int, MemberRecord] = {member_id: current[member_id] for member_id in done}
             for e in exploits:
+                if e.member_id in done:
+                    continue
                 record = self.apply_exploit(
                     run, e.member_id, expected_version=e.expected_version, donor_id=e.donor_id,
-                    donor_step=e.donor_step, hparams=e.hparams, checkpoint=None, summary=e.summary,
+                    donor_step=e.donor_step, hparams=e.hparams, checkpoint=e.checkpoint, summary=e.summary,
+                    donor_checkpoint=e.donor_checkpoint,
                 )
                 if record is not None and e.explored is not None:
                     record = self.set_hparams(
@@ -242,6 +270,10 @@ class PopulationStore(abc.ABC):
                 if record is None:  # raced after the check: roll the batch back
                     raise StoreError(f"member {e.member_id} of run {run!r} changed during apply_exploits")
                 updated[e.member_id] = record
+            for c in ready_checks:
+                if not self.mark_ready_checked(run, c.member_id, c.step, c.expected_version):
+                    raise StoreError(f"member {c.member_id} of run {run!r} changed during apply_exploits")
+                updated[c.member_id] = self.get_member(run, c.member_id)
             return updated
 
         return self.batch(writes)

@@ -31,7 +31,14 @@ from pbtune.errors import (
     StoreError,
 )
 from pbtune.store import _schema as s
-from pbtune.store.base import CheckpointRef, ExploitWrite, PopulationStore, ScorePoint
+from pbtune.store.base import (
+    CheckpointRef,
+    ExploitWrite,
+    PopulationStore,
+    ReadyCheckWrite,
+    ScorePoint,
+    already_applied,
+)
 from pbtune.types import (
     LEGAL_TRANSITIONS,
     EventRecord,
@@ -94,6 +101,65 @@ _UPDATE_MEMBER = sa.update(s.members).where(
     s.members.c.member_id == sa.bindparam("match_member_id"),
     s.members.c.version == sa.bindparam("match_version"),
 )
+
+
+def _member_values(current: MemberRecord, now: float, *writes: Mapping[str, Any]) -> dict[str, Any]:
+    """The member's column values after ``writes``, applied in order.
+
+    The one version rule: each logical write (a report, a state change, an exploit, an explore,
+    a ready check) moves ``version`` on by one, whether it commits alone or in a batch, so a
+    batched write leaves the same versions as the same writes one by one.
+    """
+    values: dict[str, Any] = {}
+    for write in writes:
+        values.update(write)
+    values["version"] = current.version + len(writes)
+    values["updated"] = now
+    return values
+
+
+def _event_row(
+    run: str,
+    member_id: int,
+    step: int,
+    kind: str,
+    now: float,
+    *,
+    summary: str = "",
+    donor_id: int | None = None,
+    donor_step: int | None = None,
+    old_hparams: Mapping[str, Any] | None = None,
+    new_hparams: Mapping[str, Any] | None = None,
+    donor_checkpoint: str | None = None,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """One lineage event row; every row has every column, so rows of any kind insert together."""
+    return {
+        "run": run, "member_id": member_id, "step": step, "kind": kind, "time": now, "summary": summary,
+        "donor_id": donor_id, "donor_step": donor_step,
+        "old_hparams": None if old_hparams is None else dict(old_hparams),
+        "new_hparams": None if new_hparams is None else dict(new_hparams),
+        "donor_checkpoint": donor_checkpoint, "checkpoint": checkpoint,
+    }
+
+
+_Events = list[tuple[str, dict[str, Any]]]
+
+
+def _exploit_writes(member: MemberRecord, e: ExploitWrite) -> tuple[list[dict[str, Any]], _Events]:
+    """The logical writes (column values) and events (kind, fields) of one exploit and its explore."""
+    taken = dict(e.hparams)
+    exploit: dict[str, Any] = {"hparams": taken, "last_ready_step": member.step}
+    if e.checkpoint is not None:
+        exploit.update(checkpoint=e.checkpoint.key, checkpoint_step=member.step, checkpoint_sha256=e.checkpoint.sha256)
+    writes = [exploit]
+    events = [("exploit", {"donor_id": e.donor_id, "donor_step": e.donor_step, "old_hparams": member.hparams,
+                           "new_hparams": taken, "summary": e.summary, "donor_checkpoint": e.donor_checkpoint,
+                           "checkpoint": e.checkpoint.key if e.checkpoint is not None else None})]
+    if e.explored is not None:
+        writes.append({"hparams": dict(e.explored)})
+        events.append(("explore", {"old_hparams": taken, "new_hparams": e.explored, "summary": e.explore_summary}))
+    return writes, events
 
 
 def _updated_record(current: MemberRecord, values: Mapping[str, Any]) -> MemberRecord:
@@ -289,10 +355,10 @@ class SQLStore(PopulationStore):
             raise NotFoundError(f"run {run!r} has no member {member_id}")
         return self._member_from_row(row)
 
-    def _update_member(self, conn: Connection, current: MemberRecord, **values: Any) -> MemberRecord:
-        """Compare-and-set on ``version``; the caller holds the row lock, so this cannot lose."""
-        values["version"] = current.version + 1
-        values["updated"] = self._clock()
+    def _update_member(self, conn: Connection, current: MemberRecord, *writes: Mapping[str, Any]) -> MemberRecord:
+        """Apply ``writes`` (see :func:`_member_values`) with compare-and-set on ``version``; the
+        caller holds the row lock, so this cannot lose."""
+        values = _member_values(current, self._clock(), *writes)
         result = conn.execute(
             _UPDATE_MEMBER.values(**values),
             {"match_run": current.run, "match_member_id": current.member_id, "match_version": current.version},
@@ -330,12 +396,8 @@ class SQLStore(PopulationStore):
         return {member_id: _updated_record(current[member_id], row) for member_id, row in values.items()}
 
     def _append_event(self, conn: Connection, member: MemberRecord, kind: str, **values: Any) -> None:
-        conn.execute(
-            sa.insert(s.events).values(
-                run=member.run, member_id=member.member_id, step=member.step, kind=kind,
-                time=self._clock(), summary=values.pop("summary", ""), **values,
-            )
-        )
+        conn.execute(sa.insert(s.events), [_event_row(member.run, member.member_id, member.step, kind,
+                                                      self._clock(), **values)])
 
     def _insert_unless_raced(self, conn: Connection, insert: Any) -> bool:
         """Insert a row; False if another process inserted the same key first.
@@ -432,9 +494,7 @@ class SQLStore(PopulationStore):
                     for i in missing
                 ])
                 conn.execute(sa.insert(s.events), [
-                    {"run": run, "member_id": i, "step": 0, "kind": "init", "time": now, "summary": "",
-                     "new_hparams": dict(hparams[i])}
-                    for i in missing
+                    _event_row(run, i, 0, "init", now, new_hparams=hparams[i]) for i in missing
                 ])
             rows = conn.execute(sa.select(s.members).where(c.run == run, c.member_id < len(hparams))
                                 .order_by(c.member_id))
@@ -488,7 +548,7 @@ class SQLStore(PopulationStore):
                 values.update(
                     checkpoint=checkpoint.key, checkpoint_step=checkpoint.step, checkpoint_sha256=checkpoint.sha256
                 )
-            return self._update_member(conn, member, **values)
+            return self._update_member(conn, member, values)
 
         return self._transaction(body)
 
@@ -510,14 +570,10 @@ class SQLStore(PopulationStore):
             for member_id, points in wanted.items():
                 member, last = members[member_id], points[-1]
                 running = member.state in (MemberState.PENDING, MemberState.PAUSED)
-                state = MemberState.FINISHED if finish else MemberState.RUNNING if running else member.state
-                values[member_id] = {
-                    "step": last.step, "score": _score_in(last.score), "score_step": last.step,
-                    "state": state.value, "updated": now,
-                    "version": member.version + (2 if finish else 1),  # as report + set_state would
-                }
-                if finish:
-                    values[member_id].update(lease_owner=None, lease_expires=None)
+                report = {"step": last.step, "score": _score_in(last.score), "score_step": last.step,
+                          "state": (MemberState.RUNNING if running else member.state).value}
+                finished = {"state": MemberState.FINISHED.value, "lease_owner": None, "lease_expires": None}
+                values[member_id] = _member_values(member, now, report, *([finished] if finish else []))
             return self._update_members(conn, run, members, values)
 
         return self._transaction(body) if wanted else {}
@@ -535,7 +591,7 @@ class SQLStore(PopulationStore):
             member = self._load_member(conn, run, member_id, lock=True)
             if member.version != expected_version or member.state.is_final:
                 return False
-            self._update_member(conn, member, last_ready_step=step)
+            self._update_member(conn, member, {"last_ready_step": step})
             return True
 
         return self._transaction(body)
@@ -553,63 +609,54 @@ class SQLStore(PopulationStore):
         summary: str,
         donor_checkpoint: str | None = None,
     ) -> MemberRecord | None:
-        def body(conn: Connection) -> MemberRecord | None:
-            member = self._load_member(conn, run, member_id, lock=True)
-            self._check_not_final(member)
-            if member.version != expected_version:
-                if checkpoint is not None and member.checkpoint == checkpoint.key:
-                    return member  # a retry after our commit's answer was lost: the fresh key is ours
-                return None
-            values: dict[str, Any] = {"hparams": dict(hparams), "last_ready_step": member.step}
-            if checkpoint is not None:
-                self._insert_checkpoint(conn, run, member_id, checkpoint)
-                values.update(
-                    checkpoint=checkpoint.key, checkpoint_step=member.step, checkpoint_sha256=checkpoint.sha256
-                )
-            updated = self._update_member(conn, member, **values)
-            self._append_event(
-                conn, member, "exploit", donor_id=donor_id, donor_step=donor_step,
-                old_hparams=dict(member.hparams), new_hparams=dict(hparams), summary=summary,
-                donor_checkpoint=donor_checkpoint, checkpoint=checkpoint.key if checkpoint is not None else None,
-            )
-            return updated
+        write = ExploitWrite(member_id, expected_version, donor_id, donor_step, hparams, summary,
+                             checkpoint=checkpoint, donor_checkpoint=donor_checkpoint)
+        updated = self._apply_round(run, [write], ())
+        return None if updated is None else updated[member_id]
 
-        return self._transaction(body)
+    def apply_exploits(
+        self, run: str, exploits: Sequence[ExploitWrite], ready_checks: Sequence[ReadyCheckWrite] = ()
+    ) -> dict[int, MemberRecord] | None:
+        return self._apply_round(run, exploits, ready_checks)
 
-    def apply_exploits(self, run: str, exploits: Sequence[ExploitWrite]) -> dict[int, MemberRecord] | None:
-        ids = [e.member_id for e in exploits]
+    def _apply_round(
+        self, run: str, exploits: Sequence[ExploitWrite], ready_checks: Sequence[ReadyCheckWrite]
+    ) -> dict[int, MemberRecord] | None:
+        ids = [e.member_id for e in exploits] + [c.member_id for c in ready_checks]
         if len(set(ids)) != len(ids):
             raise ValueError(f"apply_exploits: a member appears more than once in {ids}")
 
         def body(conn: Connection) -> dict[int, MemberRecord] | None:
-            # One SELECT, one UPDATE and one INSERT for the round (not six statements per member).
+            # One SELECT, one UPDATE per kind of write and one INSERT for the whole round.
             members = self._lock_members(conn, run, ids)
-            if any(members[e.member_id].version != e.expected_version for e in exploits):
+            done = {e.member_id for e in exploits if already_applied(members[e.member_id], e)}
+            expected = [(e.member_id, e.expected_version) for e in exploits if e.member_id not in done]
+            expected += [(c.member_id, c.expected_version) for c in ready_checks]
+            if any(members[member_id].version != version for member_id, version in expected):
                 return None  # checked before any write: nothing to undo
-            if not exploits:
-                return {}
             now = self._clock()
-            values: dict[int, dict[str, Any]] = {}
+            exploited: dict[int, dict[str, Any]] = {}
+            with_checkpoint: dict[int, dict[str, Any]] = {}
             events = []
             for e in exploits:
+                if e.member_id in done:
+                    continue
                 member = members[e.member_id]
-                taken = dict(e.hparams)
-                values[e.member_id] = {
-                    "hparams": dict(e.explored) if e.explored is not None else taken,
-                    "last_ready_step": member.step,
-                    "version": member.version + (1 if e.explored is None else 2),  # as two writes would
-                    "updated": now,
-                }
-                common = {"run": run, "member_id": e.member_id, "step": member.step, "time": now,
-                          "donor_checkpoint": None, "checkpoint": None}
-                events.append({**common, "kind": "exploit", "donor_id": e.donor_id, "donor_step": e.donor_step,
-                               "old_hparams": dict(member.hparams), "new_hparams": taken, "summary": e.summary})
-                if e.explored is not None:
-                    events.append({**common, "kind": "explore", "donor_id": None, "donor_step": None,
-                                   "old_hparams": taken, "new_hparams": dict(e.explored),
-                                   "summary": e.explore_summary})
-            updated = self._update_members(conn, run, members, values)
-            conn.execute(sa.insert(s.events), events)
+                writes, member_events = _exploit_writes(member, e)
+                (with_checkpoint if e.checkpoint is not None else exploited)[e.member_id] = _member_values(
+                    member, now, *writes)
+                events += [_event_row(run, e.member_id, member.step, kind, now, **fields)
+                           for kind, fields in member_events]
+                if e.checkpoint is not None:
+                    self._insert_checkpoint(conn, run, e.member_id, e.checkpoint)
+            checked = {c.member_id: _member_values(members[c.member_id], now, {"last_ready_step": c.step})
+                       for c in ready_checks}
+            updated = {member_id: members[member_id] for member_id in done}
+            for values in (exploited, with_checkpoint, checked):  # the same columns within each group
+                if values:
+                    updated.update(self._update_members(conn, run, members, values))
+            if events:
+                conn.execute(sa.insert(s.events), events)
             return updated
 
         return self._transaction(body)
@@ -629,7 +676,7 @@ class SQLStore(PopulationStore):
             self._check_not_final(member)
             if member.version != expected_version:
                 return None
-            updated = self._update_member(conn, member, hparams=dict(hparams))
+            updated = self._update_member(conn, member, {"hparams": dict(hparams)})
             self._append_event(
                 conn, member, kind, old_hparams=dict(member.hparams), new_hparams=dict(hparams), summary=summary
             )
@@ -659,7 +706,7 @@ class SQLStore(PopulationStore):
                 values.update(lease_owner=None, lease_expires=None)
             if error is not None:
                 values["error"] = error
-            updated = self._update_member(conn, member, **values)
+            updated = self._update_member(conn, member, values)
             if state is MemberState.FAILED:
                 lines = (error or "").strip().splitlines()
                 self._append_event(conn, member, "fail", summary=lines[-1] if lines else "failed")
@@ -695,7 +742,7 @@ class SQLStore(PopulationStore):
             if taken_over:
                 values["step"] = member.checkpoint_step or 0
                 values["last_ready_step"] = min(member.last_ready_step, values["step"])
-            updated = self._update_member(conn, member, **values)
+            updated = self._update_member(conn, member, values)
             if taken_over:
                 self._append_event(
                     conn, updated, "resume",

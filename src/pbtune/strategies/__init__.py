@@ -24,16 +24,24 @@ __all__ = [
     "Resample",
     "Tournament",
     "Truncation",
+    "EXPLOIT_STRATEGIES",
+    "EXPLORE_STRATEGIES",
     "exploit_from_config",
     "explore_from_config",
     "ready_from_config",
+    "strategy_config",
 ]
 
-_EXPLOIT = {"truncation": Truncation, "tournament": Tournament}
-_EXPLORE = {"perturb": Perturb, "resample": Resample, "perturb_or_resample": PerturbOrResample}
+# The one registry of strategy names (config files, the stored config, the CLI).
+EXPLOIT_STRATEGIES: Mapping[str, type] = {"truncation": Truncation, "tournament": Tournament}
+EXPLORE_STRATEGIES: Mapping[str, type] = {
+    "perturb": Perturb, "resample": Resample, "perturb_or_resample": PerturbOrResample,
+}
 
 
 def _build(kind_table: Mapping[str, type], config: Any, field: str) -> Any:
+    if isinstance(config, tuple(kind_table.values())):  # already a strategy
+        return config
     if isinstance(config, str):
         config = {"name": config}
     if not isinstance(config, Mapping):
@@ -54,16 +62,18 @@ def _build(kind_table: Mapping[str, type], config: Any, field: str) -> Any:
 
 def exploit_from_config(config: Any) -> ExploitStrategy:
     """``"truncation"``, ``{"name": "truncation", "quantile": 0.25}`` or ``"tournament"``."""
-    return _build(_EXPLOIT, config, "exploit")
+    return _build(EXPLOIT_STRATEGIES, config, "exploit")
 
 
 def explore_from_config(config: Any) -> ExploreStrategy:
     """``"perturb"``, ``"resample"`` or ``{"name": "perturb_or_resample", "resample_probability": 0.25}``."""
-    return _build(_EXPLORE, config, "explore")
+    return _build(EXPLORE_STRATEGIES, config, "explore")
 
 
 def ready_from_config(config: Any) -> Ready:
-    """``{"interval": 10, "burn_in": 0}`` or an integer interval."""
+    """``{"interval": 10, "burn_in": 0}``, an integer interval, or a :class:`Ready`."""
+    if isinstance(config, Ready):
+        return config
     if isinstance(config, int) and not isinstance(config, bool):
         return Ready(interval=config)
     if not isinstance(config, Mapping):
@@ -73,3 +83,21 @@ def ready_from_config(config: Any) -> Ready:
         key = sorted(unknown)[0]
         raise InvalidConfigError(key, "ready", "one of ['burn_in', 'interval']", config[key])
     return Ready(**config)
+
+
+def strategy_config(strategy: Any) -> dict[str, Any]:
+    """The config form of an exploit or explore strategy, e.g. ``{"name": "truncation", "quantile": 0.2}``.
+
+    A subclass is stored under the name of its nearest registered base class.
+    """
+    for cls in type(strategy).__mro__:
+        for table in (EXPLOIT_STRATEGIES, EXPLORE_STRATEGIES):
+            names = [name for name, registered in table.items() if registered is cls]
+            if names:
+                out: dict[str, Any] = {"name": names[0]}
+                for f in dataclasses.fields(strategy):
+                    value = getattr(strategy, f.name)
+                    out[f.name] = list(value) if isinstance(value, tuple) else value
+                return out
+    known = sorted({*EXPLOIT_STRATEGIES, *EXPLORE_STRATEGIES})
+    raise InvalidConfigError("strategy", "config", f"one of {known} (or a subclass)", type(strategy).__name__)

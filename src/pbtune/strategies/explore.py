@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -9,16 +10,17 @@ from typing import Any
 
 from pbtune.errors import InvalidConfigError
 from pbtune.space import Change, Space
+from pbtune.validation import check_number, is_number
 
 __all__ = ["Perturb", "Resample", "PerturbOrResample", "ExploreStrategy"]
 
 
 def _check_factors(factors: Sequence[float], where: str) -> tuple[float, ...]:
     if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence) or not factors:
-        raise InvalidConfigError("factors", where, "a non-empty list of positive numbers", factors)
+        raise InvalidConfigError("factors", where, "a non-empty list of finite positive numbers", factors)
     for f in factors:
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or f <= 0:
-            raise InvalidConfigError("factors", where, "a non-empty list of positive numbers", list(factors))
+        if not is_number(f) or not math.isfinite(f) or f <= 0:
+            raise InvalidConfigError("factors", where, "a non-empty list of finite positive numbers", list(factors))
     return tuple(float(f) for f in factors)
 
 
@@ -31,9 +33,7 @@ class PerturbOrResample:
     factors: tuple[float, ...] = (0.8, 1.2)
 
     def __post_init__(self) -> None:
-        p = self.resample_probability
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 <= p <= 1.0):
-            raise InvalidConfigError("resample_probability", "explore", "a number in [0, 1]", p)
+        check_number(self.resample_probability, "resample_probability", "explore", low=0, high=1)
         object.__setattr__(self, "factors", _check_factors(self.factors, "explore"))
 
     def explore(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pbtune.errors import InvalidConfigError
 from pbtune.types import MemberRecord
+from pbtune.validation import check_int
 
 __all__ = ["Ready"]
 
@@ -25,10 +25,8 @@ class Ready:
     burn_in: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval < 1:
-            raise InvalidConfigError("interval", "ready", "an integer >= 1", self.interval)
-        if isinstance(self.burn_in, bool) or not isinstance(self.burn_in, int) or self.burn_in < 0:
-            raise InvalidConfigError("burn_in", "ready", "an integer >= 0", self.burn_in)
+        check_int(self.interval, "interval", "ready", minimum=1)
+        check_int(self.burn_in, "burn_in", "ready", minimum=0)
 
     def is_ready(self, member: MemberRecord) -> bool:
         return member.step >= self.burn_in and member.step - member.last_ready_step >= self.interval

@@ -5,7 +5,6 @@ Registered by ``pbtune.cli``; torch is imported only when a command runs.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import typer
@@ -33,15 +32,11 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def _ranked(data: dict[str, Any]) -> list[int]:
-    """Member ids, best score first (missing and non-finite scores last)."""
-    scores = data["engine"]["scores"]
-    sign = 1.0 if data["engine"].get("mode", "max") == "max" else -1.0
+    """Member ids, best score first (missing and non-finite scores last, ties by id)."""
+    from pbtune.ranking import fitness
 
-    def key(i: int) -> tuple[float, int]:
-        s = scores[i]
-        return (-(sign * s) if s is not None and math.isfinite(s) else math.inf, i)
-
-    return sorted(range(len(scores)), key=key)
+    scores, mode = data["engine"]["scores"], data["engine"].get("mode", "max")
+    return sorted(range(len(scores)), key=lambda i: (-fitness(scores[i], mode), i))
 
 
 def info(checkpoint: str = typer.Argument(..., help="A population checkpoint (population.pt).")) -> None:

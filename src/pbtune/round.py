@@ -1,0 +1,155 @@
+"""The round planner: which ready members exploit whom, with which hyperparameters.
+
+Given the run's config, a population snapshot and the members that reached a ready point, it
+returns per member either a :class:`ReadyCheck` (keep training; the ready interval restarts)
+or an :class:`ExploitPlan` (the donor and its checkpoint, the hyperparameters taken, the
+explored ones, the lineage summaries and the store write this implies). It is pure: no I/O,
+no clock, and every random draw comes from :func:`decision_rng`, so the same snapshot gives
+the same plans in every engine and every process.
+
+Engines carry plans out: :class:`pbtune.member.Member` with checkpoint files and the store,
+the vectorized engine with row copies in memory. Strategies' ``decide`` and ``explore`` are
+called from here only.
+
+Example:
+    >>> from pbtune.config import RunConfig
+    >>> from pbtune.types import MemberRecord, MemberState
+    >>> cfg = RunConfig(name="r", space={"lr": {"type": "float", "low": 0.01, "high": 1.0}}, population=5)
+    >>> snapshot = [MemberRecord("r", i, MemberState.RUNNING, 10, {"lr": 0.1 * (i + 1)}, score=float(i),
+    ...                          checkpoint=f"c{i}") for i in range(5)]
+    >>> plans = plan_round(cfg, snapshot, ready_members(cfg, snapshot))
+    >>> plans[0].donor_id, plans[1].reason
+    (4, 'not in the bottom quantile')
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pbtune.config import RunConfig
+from pbtune.store.base import CheckpointRef, ExploitWrite, ReadyCheckWrite
+from pbtune.strategies import Exploit
+from pbtune.types import MemberRecord, MemberState
+
+__all__ = [
+    "ExploitPlan",
+    "Plan",
+    "ReadyCheck",
+    "decision_rng",
+    "explore_hparams",
+    "plan_member",
+    "plan_round",
+    "ready_members",
+]
+
+
+def decision_rng(seed: int, member_id: int, step: int, purpose: str) -> random.Random:
+    """A generator that depends only on what is being decided, never on process or timing."""
+    return random.Random(f"{seed}:{member_id}:{step}:{purpose}")
+
+
+@dataclass(frozen=True)
+class ReadyCheck:
+    """Keep training: the strategy chose no donor. Recording it restarts the ready interval."""
+
+    member_id: int
+    step: int
+    expected_version: int
+    reason: str = ""
+
+    def write(self) -> ReadyCheckWrite:
+        return ReadyCheckWrite(self.member_id, self.expected_version, self.step)
+
+
+@dataclass(frozen=True)
+class ExploitPlan:
+    """Copy ``donor_id``'s checkpoint, take ``taken`` as hyperparameters, then explore to ``explored``."""
+
+    member_id: int
+    step: int
+    expected_version: int
+    donor_id: int
+    donor_step: int
+    donor_score: float
+    donor_checkpoint: str
+    donor_checkpoint_sha256: str | None
+    donor_hparams: Mapping[str, Any]
+    copy_hparams: bool
+    old_hparams: Mapping[str, Any]
+    taken: Mapping[str, Any]
+    explored: Mapping[str, Any]
+    exploit_summary: str
+    explore_summary: str
+
+    def write(self, *, checkpoint: CheckpointRef | None = None, explore: bool = True) -> ExploitWrite:
+        """The store write of this plan: the exploit, and the explore unless ``explore=False``
+        (the Member writes it when its user calls ``explore()``, after loading the weights)."""
+        return ExploitWrite(
+            self.member_id, self.expected_version, self.donor_id, self.donor_step, dict(self.taken),
+            self.exploit_summary, explored=dict(self.explored) if explore else None,
+            explore_summary=self.explore_summary if explore else "", checkpoint=checkpoint,
+            donor_checkpoint=self.donor_checkpoint if checkpoint is not None else None,
+        )
+
+
+Plan = ReadyCheck | ExploitPlan
+
+
+def ready_members(config: RunConfig, snapshot: Iterable[MemberRecord]) -> list[int]:
+    """Ids of the members that reached a ready point (final members never are)."""
+    return [m.member_id for m in snapshot if not m.state.is_final and config.ready.is_ready(m)]
+
+
+def explore_hparams(config: RunConfig, member_id: int, step: int, hparams: Mapping[str, Any]) -> tuple[dict[str, Any],
+                                                                                                       str]:
+    """The explored hyperparameters of ``member_id`` at ``step`` and their lineage summary."""
+    rng = decision_rng(config.seed, member_id, step, "explore")
+    new, changes = config.explore.explore(hparams, config.space, rng)
+    return new, "; ".join(change.summary() for change in changes)
+
+
+def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Iterable[int]) -> dict[int, Plan]:
+    """One plan per ready member, all decided against the same snapshot.
+
+    Failed members are neither donors nor ranked. Raises ``KeyError`` for an id not in the snapshot.
+    """
+    by_id = {m.member_id: m for m in snapshot}
+    population = [m for m in snapshot if m.state is not MemberState.FAILED]
+    plans: dict[int, Plan] = {}
+    for member_id in ready:
+        me = by_id[member_id]
+        rng = decision_rng(config.seed, member_id, me.step, "exploit")
+        decision = config.exploit.decide(population, member_id, rng, mode=config.mode)
+        if not isinstance(decision, Exploit):
+            plans[member_id] = ReadyCheck(member_id, me.step, me.version, decision.reason)
+            continue
+        donor = by_id[decision.donor_id]
+        taken = dict(donor.hparams if decision.copy_hparams else me.hparams)
+        explored, explore_summary = explore_hparams(config, member_id, me.step, taken)
+        summary = (
+            f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
+            f" over member {member_id} (score {_fmt(me.score)})" + ("" if decision.copy_hparams else " (weights only)")
+        )
+        plans[member_id] = ExploitPlan(
+            member_id=member_id, step=me.step, expected_version=me.version, donor_id=donor.member_id,
+            donor_step=decision.donor_step, donor_score=decision.donor_score,
+            donor_checkpoint=decision.donor_checkpoint, donor_checkpoint_sha256=donor.checkpoint_sha256,
+            donor_hparams=dict(donor.hparams), copy_hparams=decision.copy_hparams, old_hparams=dict(me.hparams),
+            taken=taken, explored=explored, exploit_summary=summary, explore_summary=explore_summary,
+        )
+    return plans
+
+
+def plan_member(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> Plan | None:
+    """The plan of one member, or None if it is not at a ready point (or is final)."""
+    me = next(m for m in snapshot if m.member_id == member_id)
+    if me.member_id not in ready_members(config, [me]):
+        return None
+    return plan_round(config, snapshot, [member_id])[member_id]
+
+
+def _fmt(score: float | None) -> str:
+    return "None" if score is None else f"{score:.6g}"
