@@ -130,3 +130,25 @@ def test_missing_metric_key_fails_the_member_with_a_clear_message(tmp_path: Path
 def test_trainable_must_be_importable(tmp_path: Path) -> None:
     with pytest.raises(pbtune.InvalidConfigError, match="`trainable`"):
         pbtune.run("no.such.module:Thing", **settings(tmp_path))
+
+
+def test_the_engine_updates_the_display_its_caller_hands_in(tmp_path: Path) -> None:
+    from pbtune.config import RunConfig
+    from pbtune.engine.local import run as run_local
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+            self.closed = False
+
+        def update(self, store: Any, config: RunConfig) -> None:
+            self.steps.append(sum(m.step for m in store.list_members(config.name)))
+
+        def close(self) -> None:
+            self.closed = True
+
+    fields = settings(tmp_path, budget=6, population=2, workers=1)
+    fields.pop("progress")
+    display = Recorder()
+    run_local(Quadratic, RunConfig(**fields), display=display)
+    assert display.closed and display.steps[-1] == 2 * 6  # the last update saw the finished population

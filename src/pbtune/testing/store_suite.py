@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pbtune.errors import IllegalTransitionError, LeaseLostError, MemberFinishedError, NotFoundError
-from pbtune.store.base import CheckpointRef, ExploitWrite, PopulationStore, ScorePoint
+from pbtune.store.base import CheckpointRef, ExploitWrite, PopulationStore, ReadyCheckWrite, ScorePoint
 from pbtune.types import MemberState
 
 __all__ = ["StoreConformance", "FakeClock"]
@@ -193,6 +193,42 @@ class StoreConformance:
         with pytest.raises(ValueError, match="more than once"):
             store.apply_exploits(run, [ExploitWrite(0, versions[0], 1, 0, {"lr": 1.0}, "x")] * 2)
         assert store.get_member(run, 0).hparams["lr"] == 0.1 and len(store.events(run)) == 3
+
+    def test_a_round_writes_exploits_with_checkpoints_and_ready_checks_in_one_call(
+        self, store: PopulationStore, run: str
+    ) -> None:
+        store.create_run("one-by-one", {"budget": 10})
+        for name in (run, "one-by-one"):
+            for i in range(3):
+                store.add_member(name, i, {"lr": 0.1 * (i + 1)})
+                store.report(name, i, 4, 0.1 * i, checkpoint=_ref(f"{name}-{i}-4", 4))
+        copy = _ref(f"{run}-0-copy", 4)
+        exploit = ExploitWrite(0, store.get_member(run, 0).version, 2, 4, {"lr": 0.3}, "copied 2 over 0",
+                               explored={"lr": 0.36}, explore_summary="lr x1.2", checkpoint=copy,
+                               donor_checkpoint=f"{run}-2-4")
+        check = ReadyCheckWrite(1, store.get_member(run, 1).version, 4)
+        updated = store.apply_exploits(run, [exploit], [check])
+        one = store.apply_exploit("one-by-one", 0, expected_version=exploit.expected_version, donor_id=2,
+                                  donor_step=4, hparams={"lr": 0.3}, checkpoint=_ref("one-by-one-0-copy", 4),
+                                  summary="copied 2 over 0", donor_checkpoint="one-by-one-2-4")
+        assert one is not None
+        store.set_hparams("one-by-one", 0, {"lr": 0.36}, expected_version=one.version, summary="lr x1.2")
+        assert store.mark_ready_checked("one-by-one", 1, 4, check.expected_version)
+        assert updated is not None and sorted(updated) == [0, 1]
+        for i in range(3):
+            got, expected = store.get_member(run, i), store.get_member("one-by-one", i)
+            assert (got.hparams, got.version, got.last_ready_step, got.checkpoint_step) == (
+                expected.hparams, expected.version, expected.last_ready_step, expected.checkpoint_step)
+            if i in updated:
+                assert updated[i] == got
+        member = store.get_member(run, 0)
+        assert (member.checkpoint, member.checkpoint_sha256) == (copy.key, copy.sha256)
+        exploit_event = [e for e in store.events(run, 0) if e.kind == "exploit"][-1]
+        assert (exploit_event.checkpoint, exploit_event.donor_checkpoint) == (copy.key, f"{run}-2-4")
+        assert store.apply_exploits(run, [exploit]) == {0: member}  # a retry after a lost answer: already done
+        assert len(store.events(run, 0)) == 3
+        assert store.apply_exploits(run, [], [check]) is None  # a stale ready check writes nothing
+        assert store.get_member(run, 1).version == updated[1].version
 
     def test_report_many_writes_nothing_when_one_member_cannot_take_it(self, store: PopulationStore, run: str) -> None:
         store.report(run, 1, 1, 0.0)
