@@ -35,11 +35,11 @@ _WHERE = {
     "SGD": "optim",
     "ChunkPlan": "chunking",
     "StackedPopulation": "population",
-    "load_checkpoint": "population",
-    "extract_member": "population",
+    "load_checkpoint": "checkpoint_file",
+    "extract_member": "checkpoint_file",
     "VectorizedPBT": "engine",
     "VectorizedResult": "engine",
-    "member_init_seed": "engine",
+    "member_init_seed": "settings",
     "train": "engine",
 }
 
