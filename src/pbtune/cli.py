@@ -64,6 +64,12 @@ def run(
     resources: str | None = typer.Option(
         None, "--resources-per-worker", help='Ray resources per worker as JSON, e.g. \'{"cpu": 1, "gpu": 0.5}\'.'
     ),
+    extend_budget: bool = typer.Option(
+        False, "--extend-budget", help="The run exists with a smaller budget: train it (finished members too) on."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Failed members resume from their last checkpoint."
+    ),
 ) -> None:
     """Run (or resume) the population described by CONFIG on local worker processes or Ray actors."""
     try:
@@ -73,12 +79,13 @@ def run(
             from pbtune.scaleout.ray_launcher import launch_ray, parse_resources
 
             result = launch_ray(cfg, address=address, resources_per_worker=parse_resources(resources),
-                                progress=progress)
+                                progress=progress, extend_budget=extend_budget, retry_failed=retry_failed)
         elif launcher == "local":
             if address is not None or resources is not None:
                 raise InvalidConfigError("--address/--resources-per-worker", "pbtune run", "used with --launcher ray",
                                          address or resources)
-            result = run_population(config=cfg, display=progress_display(progress))
+            result = run_population(config=cfg, display=progress_display(progress), extend_budget=extend_budget,
+                                    retry_failed=retry_failed)
         else:
             raise InvalidConfigError("--launcher", "pbtune run", "'local' or 'ray'", launcher)
     except PBTuneError as exc:

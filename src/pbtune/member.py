@@ -17,6 +17,7 @@ Example (bring your own loop)::
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
+from pbtune.resume import check_resumable
 from pbtune.round import ExploitPlan, ReadyCheck, decision_rng, explore_hparams, plan_member
 from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.types import MemberRecord, MemberState
@@ -33,6 +35,8 @@ from pbtune.types import MemberRecord, MemberState
 __all__ = ["Member", "MemberProtocol", "Donor", "Population", "decision_rng"]
 
 _PIN_SECONDS = 600.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -182,9 +186,10 @@ class Member:
     def exploit(self) -> Donor | None:
         """Copy the chosen donor's checkpoint and hyperparameters into this member.
 
-        Returns the donor, or None when nothing was copied because the donor's checkpoint was
-        collected or this member changed concurrently (train on; the next ready point decides
-        again). Afterwards :meth:`parameters_path` is the copy to load.
+        Returns the donor, or None when nothing was copied: the donor's checkpoint was
+        collected, is missing or corrupt, the copy could not be written (storage full or
+        unreachable), or this member changed concurrently. Train on; the next ready point
+        decides again. Afterwards :meth:`parameters_path` is the copy to load.
         """
         if self._pending is None:
             raise PBTuneError("exploit() needs a donor: call should_exploit() first and check it returned True")
@@ -199,9 +204,12 @@ class Member:
             copy = self._checkpoints.copy(
                 key, plan.donor_checkpoint_sha256 or "", run=self.run, member_id=self.member_id, step=plan.step
             )
-        except CheckpointError:
+        except CheckpointError as exc:  # a bad donor checkpoint must not fail the member that copies it
             self._store.unpin_checkpoint(self.run, key, holder)
-            raise
+            log.warning("member %d of run %r skips donor %d: %s", self.member_id, self.run, plan.donor_id, exc)
+            self._store.mark_ready_checked(self.run, self.member_id, plan.step, plan.expected_version)
+            self.refresh()
+            return None
         try:  # the explore is written by explore(), after the user has loaded the copied weights
             updated = self._store.apply_exploits(self.run, [plan.write(checkpoint=copy, explore=False)])
         finally:
@@ -274,10 +282,18 @@ class Population:
         store: PopulationStore | None = None,
         checkpoints: CheckpointStore | None = None,
         initial: Sequence[Mapping[str, Any]] = (),
+        extend_budget: bool = False,
+        retry_failed: bool = False,
     ) -> None:
         """Args:
         initial: first hyperparameters of members 0, 1, ... (validated against the space);
             the remaining members are sampled from the space with the run's seed.
+        extend_budget: the run exists with a smaller budget: store the larger one and train
+            its finished members on (see :mod:`pbtune.resume`).
+        retry_failed: failed members resume from their last checkpoint.
+
+        Raises:
+            ConfigMismatchError: the run exists with another config (nothing is written).
         """
         from pbtune.store import open_store
 
@@ -296,7 +312,12 @@ class Population:
             first.append(dict(initial[member_id]) if member_id < len(initial) else sampled)
 
         def create() -> None:  # one transaction, not one per member
-            self.store.create_run(config.name, config.to_dict())
+            stored = self.store.create_run(config.name, config.to_dict()).config
+            if check_resumable(stored, config, config.storage, extend_budget=extend_budget):
+                self.store.reopen_members(config.name, [MemberState.FINISHED], config=config.to_dict(),
+                                          summary=f"budget extended from {stored['budget']} to {config.budget}")
+            if retry_failed:
+                self.store.reopen_members(config.name, [MemberState.FAILED], summary="failed member retried")
             self.store.add_members(config.name, first)
 
         self.store.batch(create)

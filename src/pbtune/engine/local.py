@@ -50,6 +50,8 @@ def run(
     max_restarts: int | None = None,
     monitors: Sequence[Monitor] = (),
     initial: Sequence[Mapping[str, Any]] = (),
+    extend_budget: bool = False,
+    retry_failed: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Train a population with PBT on ``workers`` local processes (see :func:`pbtune.run`).
@@ -67,7 +69,7 @@ def run(
         raise PBTuneError("no trainable: pass one to run() or set `trainable` in the config")
     if isinstance(target, str):
         load_trainable(target)  # fail here, not in every worker
-    population = Population(config, initial=initial)
+    population = Population(config, initial=initial, extend_budget=extend_budget, retry_failed=retry_failed)
     context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
     config_dict = config.to_dict()

@@ -24,7 +24,7 @@ from typing import Any
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.engine.trainable import Trainable
-from pbtune.errors import InvalidConfigError, LeaseLostError, PBTuneError
+from pbtune.errors import CheckpointWriteError, InvalidConfigError, LeaseLostError, PBTuneError
 from pbtune.member import Member
 from pbtune.store import open_store
 from pbtune.store.base import PopulationStore, ScorePoint
@@ -113,6 +113,7 @@ class Worker:
         checkpoints: CheckpointStore | None = None,
         poll_seconds: float = 0.1,
         flush_seconds: float = 1.0,
+        storage_retry_seconds: float = 300.0,
     ) -> None:
         self.config = config
         self._factory: TrainableFactory = (
@@ -126,6 +127,7 @@ class Worker:
         self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
         self._poll = poll_seconds
         self.flush_seconds = flush_seconds  # scores between checkpoints are written at most this late
+        self.storage_retry_seconds = storage_retry_seconds  # a checkpoint write is retried this long
         self._scratch = tempfile.mkdtemp(prefix="pbtune-worker-")
         self._cached: tuple[int, str | None, Trainable] | None = None  # (member, checkpoint key, trainable)
         self.stats = WorkerStats()
@@ -205,7 +207,7 @@ class Worker:
                 trainable.save(checkpoint)
             started = time.perf_counter()
             try:
-                member.report(step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending)
+                self._report(member, step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending)
             finally:
                 if checkpoint is not None:
                     _remove(checkpoint)
@@ -222,6 +224,24 @@ class Worker:
                 return
         member.finish()
         self._cached = None
+
+    def _report(self, member: Member, step: int, score: float, **report: Any) -> None:
+        """``member.report``, retried with backoff while the checkpoint store cannot be written
+        (disk full, storage unreachable); the lease is kept by the heartbeat meanwhile. Past
+        ``storage_retry_seconds`` the error fails the member (``pbtune run --retry-failed``
+        resumes it from its last checkpoint)."""
+        deadline = time.monotonic() + self.storage_retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                member.report(step, score, **report)
+                return
+            except CheckpointWriteError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("member %d: %s; retrying in %.1f s", member.member_id, exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 30.0)
 
     def _adopt(self, member: Member, trainable: Trainable) -> Trainable:
         """Load the donor's weights and apply the explored hyperparameters."""

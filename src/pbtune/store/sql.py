@@ -714,6 +714,31 @@ class SQLStore(PopulationStore):
 
         return self._transaction(body)
 
+    def reopen_members(
+        self, run: str, states: Sequence[MemberState], *, summary: str, config: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        def body(conn: Connection) -> list[int]:
+            if conn.execute(sa.select(s.runs.c.name).where(s.runs.c.name == run)).first() is None:
+                raise NotFoundError(f"no run named {run!r}")
+            if config is not None:
+                conn.execute(sa.update(s.runs).where(s.runs.c.name == run).values(config=dict(config)))
+            c = s.members.c
+            query = sa.select(s.members).where(c.run == run, c.state.in_([state.value for state in states]))
+            if self._for_update:
+                query = query.with_for_update()
+            reopened = []
+            for member in map(self._member_from_row, conn.execute(query.order_by(c.member_id))):
+                step = member.step if member.state is MemberState.FINISHED else member.checkpoint_step or 0
+                self._update_member(conn, member, {
+                    "state": MemberState.PAUSED.value, "step": step, "error": None,
+                    "last_ready_step": min(member.last_ready_step, step), "lease_owner": None, "lease_expires": None,
+                })
+                self._append_event(conn, dataclasses.replace(member, step=step), "reopen", summary=summary)
+                reopened.append(member.member_id)
+            return reopened
+
+        return self._transaction(body)
+
     # -- leases ------------------------------------------------------------------------------
     def claim(self, run: str, worker: str, lease_seconds: float, budget: int) -> MemberRecord | None:
         def body(conn: Connection) -> MemberRecord | None:
