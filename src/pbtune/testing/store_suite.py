@@ -230,6 +230,26 @@ class StoreConformance:
         assert store.apply_exploits(run, [], [check]) is None  # a stale ready check writes nothing
         assert store.get_member(run, 1).version == updated[1].version
 
+    def test_reopen_members_brings_finished_and_failed_members_back(self, store: PopulationStore, run: str) -> None:
+        store.report(run, 0, 4, 0.5, checkpoint=_ref("r-0-4", 4))
+        store.report(run, 0, 6, 0.6)
+        store.set_state(run, 0, MemberState.FAILED, error="boom")
+        store.report(run, 1, 6, 0.7, checkpoint=_ref("r-1-6", 6))
+        store.set_state(run, 1, MemberState.FINISHED)
+        assert store.reopen_members(run, [MemberState.FAILED], summary="retried") == [0]
+        failed = store.get_member(run, 0)
+        assert (failed.state, failed.step, failed.error, failed.lease_owner) == (MemberState.PAUSED, 4, None, None)
+        assert store.get_member(run, 1).state is MemberState.FINISHED
+        assert store.reopen_members(run, [MemberState.FINISHED], summary="more", config={"budget": 20}) == [1]
+        finished = store.get_member(run, 1)
+        assert (finished.state, finished.step) == (MemberState.PAUSED, 6)
+        assert store.get_run(run).config == {"budget": 20}
+        assert [(e.member_id, e.step, e.summary) for e in store.events(run) if e.kind == "reopen"] == [
+            (0, 4, "retried"), (1, 6, "more")]
+        store.report(run, 1, 7, 0.8)  # trains on
+        with pytest.raises(NotFoundError):
+            store.reopen_members("nope", [MemberState.FAILED], summary="x")
+
     def test_report_many_writes_nothing_when_one_member_cannot_take_it(self, store: PopulationStore, run: str) -> None:
         store.report(run, 1, 1, 0.0)
         store.set_state(run, 1, MemberState.FINISHED)
