@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import typer
@@ -17,7 +18,7 @@ from pbtune.engine.local import run as run_population
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.launch import progress_display
 from pbtune.lineage import schedule
-from pbtune.ranking import best_member
+from pbtune.ranking import Ranking, best_member, ranking_from_config
 from pbtune.store import open_store
 from pbtune.strategies import Ready
 from pbtune.types import MemberRecord
@@ -100,14 +101,22 @@ def run(
     console.print(f"  inspect: {_program()} status {cfg.name} --storage {cfg.storage}")
 
 
-def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None) -> Table:
+def _best(members: tuple[MemberRecord, ...], cfg: Mapping[str, Any]) -> MemberRecord | None:
+    """The best member by the run's stored mode and ranking."""
+    return best_member(members, cfg.get("mode", "max"), ranking_from_config(cfg.get("ranking")))
+
+
+def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None, ranking: Ranking) -> Table:
     table = Table(title=f"run {run_name}")
-    for column in ("member", "state", "step", "score", "hparams", "worker"):
-        table.add_column(column, justify="right" if column in ("member", "step", "score") else "left")
+    smoothed = ranking.window > 1
+    columns = ("member", "state", "step", "score", *(["smoothed"] if smoothed else []), "hparams", "worker")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("member", "step", "score", "smoothed") else "left")
     for m in members:
         mark = " *" if m.member_id == best_id else ""
-        table.add_row(f"{m.member_id}{mark}", m.state.value, str(m.step), _fmt_score(m.score),
-                      _fmt_hparams(m.hparams), m.lease_owner or "")
+        scores = [_fmt_score(m.score), *([_fmt_score(ranking.score(m))] if smoothed else [])]
+        table.add_row(f"{m.member_id}{mark}", m.state.value, str(m.step), *scores, _fmt_hparams(m.hparams),
+                      m.lease_owner or "")
     return table
 
 
@@ -145,14 +154,15 @@ def status(
     except PBTuneError as exc:
         _fail(str(exc))
         return
-    top = best_member(members, cfg.get("mode", "max"))
+    top = _best(members, cfg)
     best_id = top.member_id if top is not None else None
     if as_json:
+        rank = ranking_from_config(cfg.get("ranking"))
         rows = [{"member": m.member_id, "state": m.state.value, "step": m.step, "score": m.score,
-                 "hparams": dict(m.hparams), "error": m.error} for m in members]
+                 "smoothed_score": rank.score(m), "hparams": dict(m.hparams), "error": m.error} for m in members]
         typer.echo(json.dumps({"run": run_name, "best": best_id, "members": rows}, indent=2, default=str))
         return
-    console.print(_members_table(run_name, members, best_id))
+    console.print(_members_table(run_name, members, best_id, ranking_from_config(cfg.get("ranking"))))
     finished = sum(m.state.is_final for m in members)
     console.print(f"{finished}/{len(members)} members done; budget {cfg.get('budget')} steps each")
 
@@ -163,7 +173,7 @@ def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = Stor
     try:
         store = open_store(storage)
         cfg = store.get_run(run_name).config
-        member = best_member(store.list_members(run_name), cfg.get("mode", "max"))
+        member = _best(store.list_members(run_name), cfg)
         if member is None:
             raise PBTuneError(f"no member of run {run_name!r} has a finite score yet (failed members are never best)")
         entries = schedule(store.events(run_name), member.member_id)
@@ -187,7 +197,7 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
         if member == "best":
-            top = best_member(members, cfg.get("mode", "max"))
+            top = _best(members, cfg)
             if top is None:
                 raise PBTuneError(f"no member of run {run_name!r} has a finite score yet")
             member_id = top.member_id

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pbtune.errors import InvalidConfigError
-from pbtune.ranking import check_mode
+from pbtune.ranking import Ranking, check_mode, ranking_from_config
 from pbtune.space import Space
 from pbtune.strategies import (
     ExploitStrategy,
@@ -57,6 +57,8 @@ class RunConfig:
         mode: ``"max"`` or ``"min"``: the direction of ``metric``.
         metric: the key of the trainable's step result that is the score.
         ready / exploit / explore: strategies (objects or config forms).
+        ranking: how members are compared (:class:`~pbtune.ranking.Ranking`; ``{"window": k}``
+            ranks by the mean of the last k scores).
         seed: seeds initial sampling and every decision.
         storage: SQLAlchemy URL of the population store.
         checkpoints: folder or fsspec URL of the checkpoint store.
@@ -79,6 +81,7 @@ class RunConfig:
     ready: Ready = field(default_factory=lambda: Ready(interval=10))
     exploit: ExploitStrategy = field(default_factory=Truncation)
     explore: ExploreStrategy = field(default_factory=PerturbOrResample)
+    ranking: Ranking = field(default_factory=Ranking)
     seed: int = 0
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
     checkpoints: str = f"{DEFAULT_DIR}/checkpoints"
@@ -105,6 +108,7 @@ class RunConfig:
         self.ready = ready_from_config(self.ready)
         self.exploit = exploit_from_config(self.exploit)
         self.explore = explore_from_config(self.explore)
+        self.ranking = ranking_from_config(self.ranking)
         if self.checkpoint_interval is not None:
             self.checkpoint_interval = _int(self.checkpoint_interval, "checkpoint_interval", 1)
         self.lease_seconds = _positive(self.lease_seconds, "lease_seconds")
@@ -157,6 +161,7 @@ class RunConfig:
             "ready": {"interval": self.ready.interval, "burn_in": self.ready.burn_in},
             "exploit": strategy_config(self.exploit),
             "explore": strategy_config(self.explore),
+            "ranking": self.ranking.to_config(),
             "seed": self.seed,
             "storage": self.storage,
             "checkpoints": self.checkpoints,

@@ -116,8 +116,9 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
 
     Failed members are neither donors nor ranked. Raises ``KeyError`` for an id not in the snapshot.
     """
-    by_id = {m.member_id: m for m in snapshot}
-    population = [m for m in snapshot if m.state is not MemberState.FAILED]
+    ranked = config.ranking.view(snapshot)  # strategies rank by the run's ranking score
+    by_id = {m.member_id: m for m in ranked}
+    population = [m for m in ranked if m.state is not MemberState.FAILED]
     plans: dict[int, Plan] = {}
     for member_id in ready:
         me = by_id[member_id]

@@ -47,7 +47,7 @@ def progress_line(config: RunConfig, members: Sequence[MemberRecord], events: Se
     """
     total = config.budget * max(len(members), 1)
     done = _done_steps(members, config.budget)
-    top = best_member(members, config.mode)
+    top = best_member(members, config.mode, config.ranking)
     best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
     exploits = sum(e.kind == "exploit" for e in events)
     finished = sum(m.state.is_final for m in members)
@@ -102,7 +102,7 @@ class LiveDisplay:
             if e.kind in _NOTABLE:
                 last[e.member_id] = e
         order = ranked(members, config.mode)
-        top = best_member(members, config.mode)
+        top = best_member(members, config.mode, config.ranking)
         best_id = top.member_id if top is not None else None
         shown = list(members)
         if len(shown) > self.max_rows:  # keep the best ones (then unscored ones), in id order
@@ -130,7 +130,7 @@ class LiveDisplay:
         from rich.console import Group
 
         self._ensure_progress(config, members)
-        top = best_member(members, config.mode)
+        top = best_member(members, config.mode, config.ranking)
         best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
         self._progress.update(
             self._task, total=config.budget * max(len(members), 1), completed=_done_steps(members, config.budget),

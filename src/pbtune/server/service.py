@@ -421,7 +421,7 @@ class PopulationService:
         if self.config is None:
             return {"run": self.run_name, "created": False, "members": [], "best": None}
         members = self.store.list_members(self.run_name)
-        top = best_member(members, self.config.mode)
+        top = best_member(members, self.config.mode, self.config.ranking)
         best = top.member_id if top is not None else None
         return {
             "run": self.run_name,

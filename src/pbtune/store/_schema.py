@@ -14,7 +14,8 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 2  # 2: exploit events record the donor checkpoint copied and the copy made
+SCHEMA_VERSION = 3  # 2: exploit events record the donor checkpoint copied and the copy made
+# 3: members keep their recent scores (smoothed ranking, PB2); checkpoints indexed by member
 
 metadata = MetaData()
 
@@ -52,6 +53,7 @@ members = Table(
     Column("lease_expires", Float),
     Column("error", Text),
     Column("updated", Float, nullable=False),
+    Column("recent", JSON),  # the last RECENT_SCORES [step, score] reports, non-finite scores as null (v3)
 )
 
 scores = Table(
@@ -96,6 +98,7 @@ checkpoints = Table(
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
     Column("created", Float, nullable=False),
+    Index("ix_pbtune_checkpoints_run_member", "run", "member_id"),  # v3
 )
 
 pins = Table(

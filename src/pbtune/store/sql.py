@@ -41,6 +41,7 @@ from pbtune.store.base import (
 )
 from pbtune.types import (
     LEGAL_TRANSITIONS,
+    RECENT_SCORES,
     EventRecord,
     MemberRecord,
     MemberState,
@@ -89,6 +90,22 @@ def _reported_score(value: float | None) -> float:
 
 def _score_out(value: float | None, reported: bool) -> float | None:
     return _reported_score(value) if reported else None if value is None else float(value)
+
+
+def _recent_in(kept: Sequence[tuple[int, float]], points: Sequence[ScorePoint]) -> list[list[Any]]:
+    """The member's recent scores after ``points`` as JSON rows (non-finite scores as null:
+    PostgreSQL's JSON has no NaN)."""
+    merged = [*kept, *((p.step, p.score) for p in points)][-RECENT_SCORES:]
+    return [[step, score if score is not None and math.isfinite(score) else None] for step, score in merged]
+
+
+def _recent_out(rows: Any) -> tuple[tuple[int, float], ...]:
+    return tuple((int(step), math.nan if score is None else float(score)) for step, score in rows or ())
+
+
+def _recent_until(member: MemberRecord, step: int) -> list[list[Any]]:
+    """Recent scores of steps up to ``step`` (a member rolled back to a checkpoint forgets later ones)."""
+    return _recent_in([r for r in member.recent if r[0] <= step], ())
 
 
 # Hot statements are built once: constructing SQLAlchemy expressions costs more than SQLite.
@@ -171,6 +188,8 @@ def _updated_record(current: MemberRecord, values: Mapping[str, Any]) -> MemberR
         changes["score"] = _score_out(changes["score"], True)
     if "hparams" in changes:
         changes["hparams"] = dict(changes["hparams"])
+    if "recent" in changes:
+        changes["recent"] = _recent_out(changes["recent"])
     return dataclasses.replace(current, **changes)
 
 
@@ -346,6 +365,7 @@ class SQLStore(PopulationStore):
             lease_owner=m["lease_owner"],
             lease_expires=m["lease_expires"],
             error=m["error"],
+            recent=_recent_out(m["recent"]),
         )
 
     def _load_member(self, conn: Connection, run: str, member_id: int, *, lock: bool = False) -> MemberRecord:
@@ -540,7 +560,8 @@ class SQLStore(PopulationStore):
                     for p in points
                 ],
             )
-            values: dict[str, Any] = {"step": step, "score": _score_in(score), "score_step": step}
+            values: dict[str, Any] = {"step": step, "score": _score_in(score), "score_step": step,
+                                      "recent": _recent_in(member.recent, points)}
             if member.state in (MemberState.PENDING, MemberState.PAUSED):
                 values["state"] = MemberState.RUNNING.value
             if checkpoint is not None:
@@ -571,7 +592,8 @@ class SQLStore(PopulationStore):
                 member, last = members[member_id], points[-1]
                 running = member.state in (MemberState.PENDING, MemberState.PAUSED)
                 report = {"step": last.step, "score": _score_in(last.score), "score_step": last.step,
-                          "state": (MemberState.RUNNING if running else member.state).value}
+                          "state": (MemberState.RUNNING if running else member.state).value,
+                          "recent": _recent_in(member.recent, points)}
                 finished = {"state": MemberState.FINISHED.value, "lease_owner": None, "lease_expires": None}
                 values[member_id] = _member_values(member, now, report, *([finished] if finish else []))
             return self._update_members(conn, run, members, values)
@@ -731,6 +753,7 @@ class SQLStore(PopulationStore):
                 step = member.step if member.state is MemberState.FINISHED else member.checkpoint_step or 0
                 self._update_member(conn, member, {
                     "state": MemberState.PAUSED.value, "step": step, "error": None,
+                    "recent": _recent_until(member, step),
                     "last_ready_step": min(member.last_ready_step, step), "lease_owner": None, "lease_expires": None,
                 })
                 self._append_event(conn, dataclasses.replace(member, step=step), "reopen", summary=summary)
@@ -767,6 +790,7 @@ class SQLStore(PopulationStore):
             if taken_over:
                 values["step"] = member.checkpoint_step or 0
                 values["last_ready_step"] = min(member.last_ready_step, values["step"])
+                values["recent"] = _recent_until(member, values["step"])
             updated = self._update_member(conn, member, values)
             if taken_over:
                 self._append_event(

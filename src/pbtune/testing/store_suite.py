@@ -14,7 +14,7 @@ import pytest
 
 from pbtune.errors import IllegalTransitionError, LeaseLostError, MemberFinishedError, NotFoundError
 from pbtune.store.base import CheckpointRef, ExploitWrite, PopulationStore, ReadyCheckWrite, ScorePoint
-from pbtune.types import MemberState
+from pbtune.types import RECENT_SCORES, MemberState
 
 __all__ = ["StoreConformance", "FakeClock"]
 
@@ -249,6 +249,21 @@ class StoreConformance:
         store.report(run, 1, 7, 0.8)  # trains on
         with pytest.raises(NotFoundError):
             store.reopen_members("nope", [MemberState.FAILED], summary="x")
+
+    def test_members_keep_their_recent_scores(self, store: PopulationStore, run: str) -> None:
+        store.report(run, 0, 1, 0.5, earlier=[])
+        member = store.report(run, 0, 3, math.inf, earlier=[ScorePoint(2, math.nan)])
+        assert member.recent[0] == (1, 0.5) and member.recent[2][0] == 3
+        assert math.isnan(member.recent[1][1]) and math.isnan(member.recent[2][1])  # non-finite: stored as unknown
+        assert store.get_member(run, 0).recent[0] == (1, 0.5)
+        many = store.report_many(run, {1: [ScorePoint(s, float(s)) for s in range(1, 40)]})
+        assert many[1].recent == tuple((s, float(s)) for s in range(40 - RECENT_SCORES, 40))
+        assert store.get_member(run, 1).recent == many[1].recent
+        store.report(run, 2, 2, 0.1, checkpoint=_ref("r-2-2", 2))
+        store.report(run, 2, 5, 0.2)
+        store.set_state(run, 2, MemberState.FAILED, error="x")
+        store.reopen_members(run, [MemberState.FAILED], summary="retry")  # back to step 2: forgets later scores
+        assert store.get_member(run, 2).recent == ((2, 0.1),)
 
     def test_report_many_writes_nothing_when_one_member_cannot_take_it(self, store: PopulationStore, run: str) -> None:
         store.report(run, 1, 1, 0.0)
