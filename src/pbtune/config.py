@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pbtune.errors import InvalidConfigError
+from pbtune.initial import INITS
 from pbtune.ranking import Ranking, check_mode, ranking_from_config
 from pbtune.space import Space
 from pbtune.strategies import (
@@ -59,6 +60,8 @@ class RunConfig:
         ready / exploit / explore: strategies (objects or config forms).
         ranking: how members are compared (:class:`~pbtune.ranking.Ranking`; ``{"window": k}``
             ranks by the mean of the last k scores).
+        init: first hyperparameters: ``"random"`` (sampled with ``seed``) or ``"grid"`` (spread
+            over a grid of the space; with ``exploit: none`` that is grid search).
         seed: seeds initial sampling and every decision.
         storage: SQLAlchemy URL of the population store.
         checkpoints: folder or fsspec URL of the checkpoint store.
@@ -82,6 +85,7 @@ class RunConfig:
     exploit: ExploitStrategy = field(default_factory=Truncation)
     explore: ExploreStrategy = field(default_factory=PerturbOrResample)
     ranking: Ranking = field(default_factory=Ranking)
+    init: str = "random"
     seed: int = 0
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
     checkpoints: str = f"{DEFAULT_DIR}/checkpoints"
@@ -109,6 +113,8 @@ class RunConfig:
         self.exploit = exploit_from_config(self.exploit)
         self.explore = explore_from_config(self.explore)
         self.ranking = ranking_from_config(self.ranking)
+        if self.init not in INITS:
+            raise InvalidConfigError("init", "config", f"one of {list(INITS)}", self.init)
         if self.checkpoint_interval is not None:
             self.checkpoint_interval = _int(self.checkpoint_interval, "checkpoint_interval", 1)
         self.lease_seconds = _positive(self.lease_seconds, "lease_seconds")
@@ -162,6 +168,7 @@ class RunConfig:
             "exploit": strategy_config(self.exploit),
             "explore": strategy_config(self.explore),
             "ranking": self.ranking.to_config(),
+            "init": self.init,
             "seed": self.seed,
             "storage": self.storage,
             "checkpoints": self.checkpoints,

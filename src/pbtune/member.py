@@ -18,7 +18,6 @@ Example (bring your own loop)::
 from __future__ import annotations
 
 import logging
-import random
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
+from pbtune.initial import first_hparams
 from pbtune.resume import check_resumable
 from pbtune.round import ExploitPlan, ReadyCheck, decision_rng, explore_hparams, plan_member
 from pbtune.store.base import PopulationStore, ScorePoint
@@ -305,11 +305,8 @@ class Population:
         self.config = config
         self.store = store if store is not None else open_store(config.storage)
         self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
-        rng = random.Random(f"{config.seed}:init")
-        first: list[dict[str, Any]] = []
-        for member_id in range(config.population):
-            sampled = config.space.sample(rng)  # drawn for every member so seeds give the same draws
-            first.append(dict(initial[member_id]) if member_id < len(initial) else sampled)
+        first = first_hparams(config.space, config.population, config.seed, config.init)
+        first[: len(initial)] = [dict(hparams) for hparams in initial]
 
         def create() -> None:  # one transaction, not one per member
             stored = self.store.create_run(config.name, config.to_dict()).config

@@ -8,7 +8,7 @@ from typing import Any
 
 from pbtune.errors import InvalidConfigError
 from pbtune.strategies._decisions import Continue, Decision, Exploit
-from pbtune.strategies.exploit import ExploitStrategy, Tournament, Truncation
+from pbtune.strategies.exploit import ExploitStrategy, NoExploit, Tournament, Truncation
 from pbtune.strategies.explore import ExploreStrategy, Perturb, PerturbOrResample, Resample
 from pbtune.strategies.ready import Ready
 
@@ -18,6 +18,7 @@ __all__ = [
     "Exploit",
     "ExploitStrategy",
     "ExploreStrategy",
+    "NoExploit",
     "Perturb",
     "PerturbOrResample",
     "Ready",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 # The one registry of strategy names (config files, the stored config, the CLI).
-EXPLOIT_STRATEGIES: Mapping[str, type] = {"truncation": Truncation, "tournament": Tournament}
+EXPLOIT_STRATEGIES: Mapping[str, type] = {"truncation": Truncation, "tournament": Tournament, "none": NoExploit}
 EXPLORE_STRATEGIES: Mapping[str, type] = {
     "perturb": Perturb, "resample": Resample, "perturb_or_resample": PerturbOrResample,
 }
