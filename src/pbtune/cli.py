@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
+from pbtune.diversity import diversity
 from pbtune.engine.local import run as run_population
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.launch import progress_display
 from pbtune.lineage import schedule
 from pbtune.ranking import Ranking, best_member, ranking_from_config
+from pbtune.space import Space
 from pbtune.store import open_store
 from pbtune.strategies import Ready
 from pbtune.types import MemberRecord
@@ -151,20 +153,26 @@ def status(
         store = open_store(storage)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
+        events = store.events(run_name)
     except PBTuneError as exc:
         _fail(str(exc))
         return
     top = _best(members, cfg)
     best_id = top.member_id if top is not None else None
+    space = cfg.get("space")
+    spread = diversity(members, events, Space(space) if isinstance(space, dict) and space else None)
     if as_json:
         rank = ranking_from_config(cfg.get("ranking"))
         rows = [{"member": m.member_id, "state": m.state.value, "step": m.step, "score": m.score,
                  "smoothed_score": rank.score(m), "hparams": dict(m.hparams), "error": m.error} for m in members]
-        typer.echo(json.dumps({"run": run_name, "best": best_id, "members": rows}, indent=2, default=str))
+        typer.echo(json.dumps({"run": run_name, "best": best_id, "members": rows, "diversity": {
+            "lineages": spread.lineages, "roots": list(spread.roots), "spread": dict(spread.spread)}},
+            indent=2, default=str))
         return
     console.print(_members_table(run_name, members, best_id, ranking_from_config(cfg.get("ranking"))))
     finished = sum(m.state.is_final for m in members)
     console.print(f"{finished}/{len(members)} members done; budget {cfg.get('budget')} steps each")
+    console.print(f"diversity: {spread.summary()}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
+from pbtune.diversity import Diversity, diversity
 from pbtune.errors import PBTuneError
 from pbtune.lineage import ScheduleEntry, schedule
 from pbtune.ranking import Ranking, best_member
@@ -40,6 +41,7 @@ class RunResult:
     storage: str
     checkpoints: str
     ranking: Ranking = Ranking()
+    diversity: Diversity | None = None  # lineages alive and hyperparameter spread at the end
 
     @property
     def best_score(self) -> float | None:
@@ -72,8 +74,9 @@ def summarize(config: RunConfig, store: PopulationStore, checkpoints: Checkpoint
     members = store.list_members(config.name)
     best = require_best(members, config)
     path = checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "") if best.checkpoint else None
+    events = store.events(config.name)
     return RunResult(
-        run=config.name, best=best, checkpoint_path=path,
-        schedule=schedule(store.events(config.name), best.member_id), members=members,
+        run=config.name, best=best, checkpoint_path=path, schedule=schedule(events, best.member_id), members=members,
         storage=config.storage, checkpoints=config.checkpoints, ranking=config.ranking,
+        diversity=diversity(members, events, config.space),
     )

@@ -24,7 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,20 +116,31 @@ def explore_hparams(config: RunConfig, member_id: int, step: int, hparams: Mappi
 def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Iterable[int]) -> dict[int, Plan]:
     """One plan per ready member, all decided against the same snapshot.
 
-    Failed members are neither donors nor ranked. Raises ``KeyError`` for an id not in the snapshot.
+    Failed members are neither donors nor ranked. With the exploit strategy's ``max_copies``,
+    no donor seeds more than that many members of this round (members deciding together: the
+    vectorized engine's lockstep round); further members pick among the other donors, or
+    continue. Raises ``KeyError`` for an id not in the snapshot.
     """
     ranked = config.ranking.view(snapshot)  # strategies rank by the run's ranking score
     by_id = {m.member_id: m for m in ranked}
     population = [m for m in ranked if m.state is not MemberState.FAILED]
+    cap = getattr(config.exploit, "max_copies", None)
+    copies: Counter[int] = Counter()
     plans: dict[int, Plan] = {}
     for member_id in ready:
         me = by_id[member_id]
         rng = decision_rng(config.seed, member_id, me.step, "exploit")
-        decision = config.exploit.decide(population, member_id, rng, mode=config.mode)
+        # Diversity guard: a donor that already seeded `max_copies` members this round offers no
+        # checkpoint to the rest (strategies never pick a donor without one), so they spread out.
+        offered = population if cap is None else [
+            dataclasses.replace(m, checkpoint=None) if copies[m.member_id] >= cap else m for m in population
+        ]
+        decision = config.exploit.decide(offered, member_id, rng, mode=config.mode)
         if not isinstance(decision, Exploit):
             plans[member_id] = ReadyCheck(member_id, me.step, me.version, decision.reason)
             continue
         donor = by_id[decision.donor_id]
+        copies[donor.member_id] += 1
         taken = dict(donor.hparams if decision.copy_hparams else me.hparams)
         explored, explore_summary = explore_hparams(config, member_id, me.step, taken)
         summary = (

@@ -20,10 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pbtune.ancestry import LineageEdge, Segment, ancestry, lineage_edges, model_age
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.lineage import SCHEDULE_KINDS, ScheduleEntry, schedule
 from pbtune.ranking import best_member, ranking_from_config
-from pbtune.report.ancestry import LineageEdge, Segment, ancestry, lineage_edges, model_age
 from pbtune.space import Choice, Space
 from pbtune.store.base import PopulationStore
 from pbtune.types import EventRecord, MemberRecord, ScoreRecord

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pbtune.config import DEFAULT_DIR
+from pbtune.diversity import diversity
 from pbtune.errors import InvalidConfigError
 from pbtune.lineage import schedule
 from pbtune.member import Population
@@ -190,10 +191,12 @@ class VectorizedPBT:
         checkpoint_path = None
         if best.checkpoint is not None:
             checkpoint_path = handle.checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "")
+        events = store.events(cfg.name)
         return VectorizedResult(
-            run=cfg.name, best=best, checkpoint_path=checkpoint_path,
-            schedule=schedule(store.events(cfg.name), best.member_id), members=members, storage=cfg.storage,
-            checkpoints=cfg.checkpoints, population_checkpoint=self.checkpoint_path, chunk_plan=state.plan,
+            run=cfg.name, best=best, checkpoint_path=checkpoint_path, schedule=schedule(events, best.member_id),
+            members=members, storage=cfg.storage, checkpoints=cfg.checkpoints, ranking=cfg.ranking,
+            diversity=diversity(members, events, cfg.space), population_checkpoint=self.checkpoint_path,
+            chunk_plan=state.plan,
             elapsed_s=elapsed, member_steps=state.member_steps, population=state.population,
         )
 
