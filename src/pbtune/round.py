@@ -33,7 +33,7 @@ from typing import Any
 
 from pbtune.config import RunConfig
 from pbtune.store.base import CheckpointRef, ExploitWrite, ReadyCheckWrite
-from pbtune.strategies import Exploit
+from pbtune.strategies import Exploit, ExploreContext
 from pbtune.types import MemberRecord, MemberState
 
 __all__ = [
@@ -105,11 +105,18 @@ def ready_members(config: RunConfig, snapshot: Iterable[MemberRecord]) -> list[i
     return [m.member_id for m in snapshot if not m.state.is_final and config.ready.is_ready(m)]
 
 
-def explore_hparams(config: RunConfig, member_id: int, step: int, hparams: Mapping[str, Any]) -> tuple[dict[str, Any],
-                                                                                                       str]:
-    """The explored hyperparameters of ``member_id`` at ``step`` and their lineage summary."""
+def explore_hparams(
+    config: RunConfig, member_id: int, step: int, hparams: Mapping[str, Any],
+    population: Sequence[MemberRecord] = (),
+) -> tuple[dict[str, Any], str]:
+    """The explored hyperparameters of ``member_id`` at ``step`` and their lineage summary.
+
+    ``population`` is the round's snapshot, for a model-based explore (PB2); without it PB2
+    falls back to perturbing.
+    """
     rng = decision_rng(config.seed, member_id, step, "explore")
-    new, changes = config.explore.explore(hparams, config.space, rng)
+    context = ExploreContext(population, member_id, step, config.mode, config.ready.interval)
+    new, changes = config.explore.explore(hparams, config.space, rng, context)
     return new, "; ".join(change.summary() for change in changes)
 
 
@@ -142,7 +149,7 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
         donor = by_id[decision.donor_id]
         copies[donor.member_id] += 1
         taken = dict(donor.hparams if decision.copy_hparams else me.hparams)
-        explored, explore_summary = explore_hparams(config, member_id, me.step, taken)
+        explored, explore_summary = explore_hparams(config, member_id, me.step, taken, snapshot)
         summary = (
             f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
             f" over member {member_id} (score {_fmt(me.score)})" + ("" if decision.copy_hparams else " (weights only)")
