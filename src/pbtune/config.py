@@ -62,6 +62,8 @@ class RunConfig:
             ranks by the mean of the last k scores).
         init: first hyperparameters: ``"random"`` (sampled with ``seed``) or ``"grid"`` (spread
             over a grid of the space; with ``exploit: none`` that is grid search).
+        max_failures: failed members replaced per run (restarted from the best member's
+            checkpoint with explored hyperparameters) before failures are final; 0: none.
         seed: seeds initial sampling and every decision.
         storage: SQLAlchemy URL of the population store.
         checkpoints: folder or fsspec URL of the checkpoint store.
@@ -86,6 +88,7 @@ class RunConfig:
     explore: ExploreStrategy = field(default_factory=PerturbOrResample)
     ranking: Ranking = field(default_factory=Ranking)
     init: str = "random"
+    max_failures: int = 0
     seed: int = 0
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
     checkpoints: str = f"{DEFAULT_DIR}/checkpoints"
@@ -113,6 +116,7 @@ class RunConfig:
         self.exploit = exploit_from_config(self.exploit)
         self.explore = explore_from_config(self.explore)
         self.ranking = ranking_from_config(self.ranking)
+        self.max_failures = _int(self.max_failures, "max_failures", 0)
         if self.init not in INITS:
             raise InvalidConfigError("init", "config", f"one of {list(INITS)}", self.init)
         if self.checkpoint_interval is not None:
@@ -169,6 +173,7 @@ class RunConfig:
             "explore": strategy_config(self.explore),
             "ranking": self.ranking.to_config(),
             "init": self.init,
+            "max_failures": self.max_failures,
             "seed": self.seed,
             "storage": self.storage,
             "checkpoints": self.checkpoints,

@@ -17,6 +17,7 @@ Example (bring your own loop)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,7 @@ from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
 from pbtune.initial import first_hparams
 from pbtune.resume import check_resumable
-from pbtune.round import ExploitPlan, ReadyCheck, decision_rng, explore_hparams, plan_member
+from pbtune.round import ExploitPlan, ReadyCheck, decision_rng, explore_hparams, plan_member, plan_replacement
 from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.types import MemberRecord, MemberState
 
@@ -252,6 +253,30 @@ class Member:
     # -- lifecycle ---------------------------------------------------------------------------
     def finish(self) -> None:
         self._record = self._store.set_state(self.run, self.member_id, MemberState.FINISHED, worker=self._worker)
+
+    def fail_or_replace(self, error: str) -> Donor | None:
+        """The member's training failed with ``error``: restart it as a copy of the best member
+        (explored hyperparameters, a ``fail`` then an ``exploit`` event in the lineage) while the
+        run has replaced fewer than ``max_failures`` members; else mark it FAILED. Returns the
+        donor it restarts from, or None when it failed for good."""
+        limit = self._config.max_failures
+        if limit and sum(e.kind == "fail" for e in self._store.events(self.run)) < limit:
+            snapshot = self._store.list_members(self.run)
+            plan = plan_replacement(self._config, snapshot, self.member_id)
+            if plan is not None:
+                lines = error.strip().splitlines()
+                noted = self._store.set_hparams(self.run, self.member_id, plan.old_hparams,
+                                                expected_version=plan.expected_version, kind="fail",
+                                                summary=(lines[-1] if lines else "failed") + "; replaced")
+                if noted is not None:
+                    self._record = noted
+                    self._pending = dataclasses.replace(plan, expected_version=noted.version)
+                    donor = self.exploit()
+                    if donor is not None:
+                        self.explore()
+                        return donor
+        self.fail(error)
+        return None
 
     def fail(self, error: str) -> None:
         self._record = self._store.set_state(

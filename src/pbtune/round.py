@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbtune.config import RunConfig
+from pbtune.ranking import best_member
 from pbtune.store.base import CheckpointRef, ExploitWrite, ReadyCheckWrite
 from pbtune.strategies import Exploit, ExploreContext
 from pbtune.types import MemberRecord, MemberState
@@ -43,6 +45,7 @@ __all__ = [
     "decision_rng",
     "explore_hparams",
     "plan_member",
+    "plan_replacement",
     "plan_round",
     "ready_members",
 ]
@@ -162,6 +165,29 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
             taken=taken, explored=explored, exploit_summary=summary, explore_summary=explore_summary,
         )
     return plans
+
+
+def plan_replacement(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> ExploitPlan | None:
+    """How a member whose training failed restarts: from the best member with a checkpoint
+    (by the run's ranking; failed members never), with explored hyperparameters. None: no donor."""
+    me = next(m for m in snapshot if m.member_id == member_id)
+    others = [m for m in snapshot if m.member_id != member_id and m.has_checkpoint]
+    donor = best_member(others, config.mode, config.ranking)
+    if donor is None or donor.checkpoint is None:
+        return None
+    copy_hparams = getattr(config.exploit, "copy_hparams", True)
+    taken = dict(donor.hparams if copy_hparams else me.hparams)
+    explored, explore_summary = explore_hparams(config, member_id, me.step, taken, snapshot)
+    score = config.ranking.score(donor)
+    return ExploitPlan(
+        member_id=member_id, step=me.step, expected_version=me.version, donor_id=donor.member_id,
+        donor_step=donor.checkpoint_step or donor.step, donor_score=math.nan if score is None else score,
+        donor_checkpoint=donor.checkpoint, donor_checkpoint_sha256=donor.checkpoint_sha256,
+        donor_hparams=dict(donor.hparams), copy_hparams=copy_hparams, old_hparams=dict(me.hparams), taken=taken,
+        explored=explored, explore_summary=explore_summary,
+        exploit_summary=f"replaced failed member {member_id} with a copy of member {donor.member_id} "
+        f"(step {donor.checkpoint_step or donor.step}, score {_fmt(score)})",
+    )
 
 
 def plan_member(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> Plan | None:

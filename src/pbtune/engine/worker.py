@@ -23,7 +23,7 @@ from typing import Any
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
-from pbtune.engine.trainable import Trainable
+from pbtune.engine.trainable import Trainable, member_seed
 from pbtune.errors import CheckpointWriteError, InvalidConfigError, LeaseLostError, PBTuneError
 from pbtune.member import Member
 from pbtune.store import open_store
@@ -172,7 +172,7 @@ class Worker:
         except Exception:  # the user's code failed: record it, keep the run going
             self.stats.failures += 1
             self._cached = None
-            member.fail(traceback.format_exc())
+            member.fail_or_replace(traceback.format_exc())  # restarts from a donor while max_failures allows
 
     def _restore(self, member: Member) -> Trainable:
         record = member.record
@@ -180,6 +180,7 @@ class Worker:
             return self._cached[2]
         self._cached = None
         trainable = self._factory()
+        self._bind(trainable, member)
         trainable.setup(member.hparams)
         path = member.parameters_path()
         if path is not None:
@@ -249,13 +250,19 @@ class Worker:
         path = member.parameters_path()
         assert path is not None  # exploit() just copied a checkpoint
         if trainable.applies_hparams_in_place():
+            self._bind(trainable, member)  # a new seed: the copy's data order leaves the donor's
             trainable.load(path)
             trainable.set_hparams(new_hparams)
             return trainable
         rebuilt = self._factory()
+        self._bind(rebuilt, member)
         rebuilt.setup(new_hparams)
         rebuilt.load(path)
         return rebuilt
+
+    def _bind(self, trainable: Trainable, member: Member) -> None:
+        trainable.member_id = member.member_id
+        trainable.seed = member_seed(self.config.seed, member.member_id, member.step)
 
 
 def _score_of(metrics: Mapping[str, Any], metric: str) -> float:
