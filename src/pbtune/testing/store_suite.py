@@ -246,6 +246,24 @@ class StoreConformance:
         assert store.get_member(run, 2).score is None
         assert math.isnan(store.scores(run, 0)[0].score)
 
+    def test_nan_and_inf_metrics_are_stored_and_rank_worst(self, store: PopulationStore, run: str) -> None:
+        """PostgreSQL's JSON type has no NaN/Infinity tokens: a non-finite metric must still be
+        stored (it failed every member there), read back as the same float, and rank worst."""
+        odd = {"loss": math.nan, "grad": math.inf, "low": -math.inf, "nested": {"x": [math.nan, 1.0]}, "ok": 2.5}
+        store.report(run, 0, 1, math.nan, metrics=odd)
+        store.report(run, 1, 1, math.inf, metrics={"loss": -math.inf})
+        store.report_many(run, {2: [ScorePoint(1, 0.25, {"loss": math.inf})]})
+        got = store.scores(run, 0)[0].metrics
+        assert math.isnan(got["loss"]) and got["grad"] == math.inf and got["low"] == -math.inf
+        assert math.isnan(got["nested"]["x"][0]) and got["nested"]["x"][1] == 1.0 and got["ok"] == 2.5
+        assert store.scores(run, 1)[0].metrics == {"loss": -math.inf}
+        assert store.scores(run, 2)[0].metrics == {"loss": math.inf}
+        from pbtune.strategies._ranking import ranked
+
+        for mode in ("max", "min"):
+            order = [m.member_id for m in ranked(store.list_members(run), mode)]
+            assert order[0] == 2, (mode, order)  # the only finite score wins in either direction
+
     def test_checkpoint_is_recorded_with_the_report(self, store: PopulationStore, run: str) -> None:
         member = store.report(run, 0, 2, 1.0, checkpoint=_ref("r/m0/a", 2))
         assert (member.checkpoint, member.checkpoint_step) == ("r/m0/a", 2)
