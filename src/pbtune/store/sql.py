@@ -668,7 +668,9 @@ class SQLStore(PopulationStore):
         return self._transaction(body)
 
     # -- leases ------------------------------------------------------------------------------
-    def claim(self, run: str, worker: str, lease_seconds: float, budget: int) -> MemberRecord | None:
+    def claim(
+        self, run: str, worker: str, lease_seconds: float, budget: int, *, member_id: int | None = None
+    ) -> MemberRecord | None:
         def body(conn: Connection) -> MemberRecord | None:
             now = self._clock()
             c = s.members.c
@@ -676,9 +678,10 @@ class SQLStore(PopulationStore):
                 c.state.in_([MemberState.PENDING.value, MemberState.PAUSED.value]),
                 sa.and_(c.state == MemberState.RUNNING.value, c.lease_owner.is_not(None), c.lease_expires < now),
             )
+            which = c.step < budget if member_id is None else c.member_id == member_id
             query = (
                 sa.select(s.members)
-                .where(c.run == run, runnable, c.step < budget)
+                .where(c.run == run, runnable, which)
                 .order_by(c.step, c.member_id)
                 .limit(1)
             )

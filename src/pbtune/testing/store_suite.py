@@ -349,6 +349,22 @@ class StoreConformance:
         with pytest.raises(LeaseLostError):
             store.report(run, first.member_id, 7, 3.0, worker="dead")
 
+    def test_claim_of_a_named_member_takes_over_only_that_member_when_its_lease_expired(
+        self, store: PopulationStore, run: str, clock: FakeClock
+    ) -> None:
+        held = store.claim(run, "dead", 5, budget=10, member_id=2)
+        assert held is not None and held.member_id == 2 and held.lease_owner == "dead"
+        store.report(run, 2, 3, 1.0, checkpoint=_ref("r/m2/3", 3), worker="dead")
+        store.report(run, 2, 5, 1.5, worker="dead")
+        assert store.claim(run, "heir", 5, budget=10, member_id=2) is None  # still live
+        clock.advance(6)
+        taken = store.claim(run, "heir", 5, budget=1, member_id=2)  # a named member: at any step
+        assert taken is not None and (taken.member_id, taken.lease_owner, taken.step) == (2, "heir", 3)
+        assert store.events(run, 2)[-1].kind == "resume"
+        with pytest.raises(LeaseLostError):
+            store.report(run, 2, 4, 2.0, worker="dead")
+        assert store.get_member(run, 0).lease_owner is None  # nobody else was leased
+
     def test_release_frees_the_lease(self, store: PopulationStore, run: str) -> None:
         member = store.claim(run, "w", 10, budget=10)
         assert member is not None
