@@ -305,6 +305,7 @@ class PopulationService:
             if _already_reported(record, step, metric, checkpoint is not None):
                 result = record
             else:
+                _check_step_increases(record, step)
                 source = self._checkpoint_source(checkpoint)
                 member.report(step, metric, checkpoint=source, metrics=metrics)
                 self._decided.discard(member_id)
@@ -481,6 +482,17 @@ def _already_reported(record: MemberRecord, step: int, metric: float, with_check
         return False
     same = record.score == metric or (math.isnan(record.score) and math.isnan(metric))
     return same and (not with_checkpoint or record.checkpoint_step == step)
+
+
+def _check_step_increases(record: MemberRecord, step: int) -> None:
+    """Steps only go forward: a report must be past the member's step (or at it, when that step
+    has no score yet, e.g. step 0 or a step rolled back to after a takeover)."""
+    if step < record.step or (step == record.step and record.score_step == step):
+        raise ServerError(
+            f"`step` of the report must be greater than member {record.member_id}'s last step {record.step}"
+            f" (steps only go forward); got {step}",
+            status=409, code="step_not_increasing",
+        )
 
 
 def _fresh_token() -> str:
