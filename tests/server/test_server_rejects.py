@@ -101,6 +101,11 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "oversized json body": (dict(method="POST", url="/members/0/report",
                                  content=b'{"metric": 1.0, "metrics": {"x": "' + b"a" * (2 << 20) + b'"}}'),
                             413, "too_large"),
+    # issue 14 item 8: a chunked body announces no length; it was read whole and stored
+    "oversized chunked json body": (dict(method="POST", url="/members/0/report",
+                                         content=iter([b'{"metric": 1.0, "metrics": {"x": "'] + [b"a" * 65536] * 40
+                                                      + [b'"}}']),
+                                         headers={"Content-Type": "application/json"}), 413, "too_large"),
     "oversized upload": (dict(method="POST", url="/uploads", content=b"x" * 4096,
                               headers={"X-Pbtune-Sha256": hashlib.sha256(b"x" * 4096).hexdigest()}), 413, "too_large"),
     "oversized upload without a length": (dict(method="POST", url="/uploads", content=iter([b"x" * 700] * 3),
@@ -212,3 +217,11 @@ def test_stale_staged_uploads_are_swept(tmp_path: Path) -> None:
     assert os.path.exists(area.path(fresh.upload_id))
     with pytest.raises(ServerError, match="no staged upload"):
         area.path(old.upload_id)
+
+
+def test_a_chunked_json_body_under_the_limit_is_taken(served: tuple[PBTServer, httpx.Client]) -> None:
+    _, http = served
+    parts = [b'{"metric": 0.25, ', b'"metrics": {"note": "', b"b" * 1000, b'"}}']
+    answer = http.post("/members/0/report", content=iter(parts), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["member"]["score"] == 0.25

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pbtune.errors import (
     CheckpointError,
@@ -83,12 +83,48 @@ class AuthMiddleware:
             response = _error(401, "unauthorized", f"{reason} auth key: send the header 'Authorization: Bearer <key>'")
             await response(scope, receive, send)
             return
+        if scope["path"] == self._upload_path:  # uploads stream to disk under their own limit
+            await self.app(scope, receive, send)
+            return
+        # JSON bodies are read here, counting as they stream in: a chunked body announces no
+        # length, so the limit must hold while reading, not only on Content-Length.
         length = headers.get(b"content-length", b"")
-        if scope["path"] != self._upload_path and length.isdigit() and int(length) > MAX_JSON_BYTES:
+        body = None if length.isdigit() and int(length) > MAX_JSON_BYTES else await _read_limited(receive)
+        if body is None:
             refusal = _error(413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes")
             await refusal(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, _replay(body, receive), send)
+
+
+async def _read_limited(receive: Receive) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds :data:`MAX_JSON_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away: nothing to answer
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for a disconnect, as the server would
+
+    return replay
 
 
 def _install_error_handlers(app: FastAPI) -> None:
