@@ -86,7 +86,14 @@ def _token(value: Any) -> Any:
     return value
 
 
-Token = Annotated[str | None, BeforeValidator(_token)]
+_TOKEN_DOC = (
+    "The client token: for a free-member join, the name the lease is taken under; for every member request,"
+    " the token the join answered (null for a member joined by id without a lease). A request whose token"
+    " does not hold the member's lease is refused with 409 lease_lost."
+)
+Token = Annotated[
+    str | None, BeforeValidator(_token), Field(description=_TOKEN_DOC, json_schema_extra={"pattern": TOKEN_PATTERN})
+]
 
 
 def member_to_wire(record: MemberRecord) -> dict[str, Any]:
@@ -125,7 +132,8 @@ def _utf8_only(value: Any) -> None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `true` is not the integer 1, "3" is not a step (floats still take integers)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -137,9 +145,10 @@ class _Strict(BaseModel):
 class JoinRequest(_Strict):
     """Join the population: as ``member_id`` (rejoin), or as any free member (``member_id`` null)."""
 
-    member_id: int | None = Field(default=None, ge=0)
+    member_id: int | None = Field(default=None, ge=0, description="rejoin this member; null: any free member")
     token: Token = None
-    space: dict[str, Any] | None = None
+    space: dict[str, Any] | None = Field(default=None, description="the client's search space (creates the run"
+                                         " if the server has none; must equal the run's otherwise)")
 
 
 class TokenRequest(_Strict):
@@ -147,10 +156,14 @@ class TokenRequest(_Strict):
 
 
 class CheckpointSpec(_Strict):
-    """Exactly one of: ``upload`` (an id from ``POST /uploads``) or ``path`` (on a shared filesystem)."""
+    """Exactly one of: ``upload`` (an id from ``POST /uploads``) or ``path`` (on a shared filesystem).
 
-    upload: str | None = Field(default=None, max_length=64)
-    path: str | None = Field(default=None, max_length=4096)
+    Both or neither is refused with 422 ``invalid``.
+    """
+
+    upload: str | None = Field(default=None, max_length=64, description="exactly one of upload or path")
+    path: str | None = Field(default=None, max_length=4096, description="exactly one of upload or path: an"
+                             " absolute path without '..' inside one of the server's shared roots")
 
 
 class ReportRequest(_Strict):
