@@ -53,6 +53,20 @@ def test_bad_config_field_is_a_clear_error(tmp_path: Path) -> None:
     assert "`population` of `config` must be an integer >= 2; got 1" in " ".join(result.output.split())
 
 
+def test_invalid_yaml_and_unknown_store_scheme_are_clear_errors_not_tracebacks(tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\nspace: {lr: [1, 2\n")
+    result = runner.invoke(app, ["run", str(bad_yaml), "--quiet"])
+    assert result.exit_code == 2
+    assert "must be valid YAML" in " ".join(result.output.split()) and "Traceback" not in result.output
+    scheme = runner.invoke(app, ["run", str(_config(tmp_path)), "--quiet", "--storage", "foo://db"])
+    assert scheme.exit_code == 2 and "`storage` of `config` must be a database URL" in " ".join(scheme.output.split())
+    for command in (["runs"], ["status", "x"], ["best", "x"]):
+        read = runner.invoke(app, [*command, "--storage", "foo://db"])
+        assert read.exit_code == 2, (command, read.output)
+        assert "must be a database URL" in " ".join(read.output.split()), read.output
+
+
 def test_unknown_run_and_member(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/empty.db"
     result = runner.invoke(app, ["status", "nope", "--storage", storage])

@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
+from pbtune._storage_url import check_storage_url
 from pbtune.errors import (
     IllegalTransitionError,
+    InvalidConfigError,
     LeaseLostError,
     NotFoundError,
     SchemaVersionError,
@@ -146,7 +148,12 @@ class SQLStore(PopulationStore):
     # -- plumbing -----------------------------------------------------------------------------
     @staticmethod
     def _make_engine(url: str) -> Engine:
-        parsed = sa.engine.make_url(url)
+        check_storage_url(url, "population store")  # a clear error, not SQLAlchemy's traceback
+        try:
+            parsed = sa.engine.make_url(url)
+        except ArgumentError:
+            raise InvalidConfigError("storage", "population store", "a database URL such as sqlite:///pbt.db",
+                                     url.partition("://")[0] + "://...") from None
         if parsed.drivername == "postgresql":  # SQLAlchemy would pick psycopg2; we ship psycopg 3
             parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_backend_name() != "sqlite":
