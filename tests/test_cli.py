@@ -67,8 +67,72 @@ def test_invalid_yaml_and_unknown_store_scheme_are_clear_errors_not_tracebacks(t
         assert "must be a database URL" in " ".join(read.output.split()), read.output
 
 
+def test_read_commands_in_an_empty_folder_create_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 14 item 11: `pbtune runs` / `status X` created pbtune-runs/pbtune.db."""
+    monkeypatch.chdir(tmp_path)
+    listed = runner.invoke(app, ["runs"])
+    assert listed.exit_code == 0 and "no runs in sqlite:///pbtune-runs/pbtune.db" in listed.output
+    status = runner.invoke(app, ["status", "X"])
+    assert status.exit_code == 2 and "no runs in sqlite:///pbtune-runs/pbtune.db" in " ".join(status.output.split())
+    assert runner.invoke(app, ["best", "X"]).exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+_READ_ONLY_STATUS = """
+import os, sys
+from typer.testing import CliRunner
+from pbtune.cli import app
+if os.getuid() == 0:  # root ignores permissions: read as nobody, after loading every module as root
+    CliRunner().invoke(app, ["status", "cli", "--storage", sys.argv[2], "--json"])
+    os.setgid(65534); os.setuid(65534)
+result = CliRunner().invoke(app, ["status", "cli", "--storage", sys.argv[1], "--json"])
+print(result.exit_code); print(result.output)
+import traceback
+if result.exc_info and result.exit_code == 1: traceback.print_exception(*result.exc_info)
+"""
+
+
+def test_status_works_on_a_read_only_folder(tmp_path: Path) -> None:
+    """issue 14 item 11: on a read-only file system even `status` failed (it opened for writing)."""
+    import os
+    import stat
+    import subprocess
+    import sys
+    import tempfile
+
+    from pbtune.store import SQLStore
+
+    folder = Path(tempfile.mkdtemp(prefix="pbtune-ro-"))  # outside pytest's 0700 folders: nobody can enter
+    try:
+        db = folder / "pbt.db"
+        writer = SQLStore(f"sqlite:///{db}")
+        writer.create_run("cli", {"mode": "max"})
+        writer.add_member("cli", 0, {"lr": 0.1})
+        writer.close()
+        db.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        warm = tmp_path / "warm.db"  # the same command as root first (loads every module nobody may not read)
+        SQLStore(f"sqlite:///{warm}").create_run("cli", {})
+        done = subprocess.run([sys.executable, "-c", _READ_ONLY_STATUS, f"sqlite:///{db}", f"sqlite:///{warm}"],
+                              capture_output=True,
+                              text=True, timeout=60, env=env, cwd="/")
+        code, _, output = done.stdout.partition("\n")
+        assert code == "0", done.stdout + done.stderr
+        assert json.loads(output)["members"][0]["hparams"] == {"lr": 0.1}
+        assert sorted(p.name for p in folder.iterdir()) == ["pbt.db"]  # nothing written next to it
+    finally:
+        folder.chmod(0o755)
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+
+
 def test_unknown_run_and_member(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/empty.db"
+    from pbtune.store import SQLStore
+
+    SQLStore(storage).close()  # a store without that run (a missing store: see the test above)
     result = runner.invoke(app, ["status", "nope", "--storage", storage])
     assert result.exit_code == 2 and "no run named 'nope'" in result.output
     bad = runner.invoke(app, ["lineage", "nope", "x", "--storage", storage])

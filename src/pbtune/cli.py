@@ -15,7 +15,7 @@ from rich.table import Table
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
 from pbtune.engine.local import best_member
 from pbtune.engine.local import run as run_population
-from pbtune.errors import InvalidConfigError, PBTuneError
+from pbtune.errors import InvalidConfigError, NotFoundError, PBTuneError
 from pbtune.lineage import schedule
 from pbtune.store import open_store
 from pbtune.types import MemberRecord
@@ -130,7 +130,7 @@ def status(
         _fail("RUN is required (or --server URL)")
         return
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
     except PBTuneError as exc:
@@ -154,7 +154,7 @@ def status(
 def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = StorageOption) -> None:
     """The best member: score, hyperparameters, checkpoint and schedule."""
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         member = best_member(store.list_members(run_name), cfg.get("mode", "max"))
         entries = schedule(store.events(run_name), member.member_id)
@@ -174,7 +174,7 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
             storage: str = StorageOption) -> None:
     """The hyperparameter schedule that produced MEMBER, and the events along its ancestry."""
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
         member_id = best_member(members, cfg.get("mode", "max")).member_id if member == "best" else int(member)
@@ -200,12 +200,16 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
 
 @app.command()
 def runs(storage: str = StorageOption) -> None:
-    """List the runs in a store."""
+    """List the runs in a store (opened read-only: a missing store is not created)."""
     try:
-        found = open_store(storage).list_runs()
+        found = open_store(storage, read_only=True).list_runs()
+    except NotFoundError:  # no store there: a read never creates one
+        found = ()
     except PBTuneError as exc:
         _fail(str(exc))
         return
+    if not found:
+        typer.echo(f"no runs in {storage}")
     for record in found:
         typer.echo(record.name)
 

@@ -58,3 +58,19 @@ def test_plain_postgresql_url_uses_psycopg3(pg_url: str) -> None:
     store.create_run("plain", {})
     assert store.get_run("plain").name == "plain"
     store.close()
+
+
+def test_read_only_store_on_postgresql_never_creates_tables(pg_url: str) -> None:
+    """issue 14 item 11: read commands open read-only; an empty database has no runs."""
+    from pbtune.errors import NotFoundError, StoreError
+
+    with pytest.raises(NotFoundError, match="no runs in"):
+        SQLStore(pg_url, read_only=True)
+    writer = SQLStore(pg_url)
+    writer.create_run("r", {})
+    writer.close()
+    reader = SQLStore(pg_url, read_only=True)
+    assert [r.name for r in reader.list_runs()] == ["r"]
+    with pytest.raises(StoreError, match="read-only transaction"):
+        reader.create_run("other", {})
+    reader.close()
