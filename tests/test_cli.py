@@ -128,6 +128,27 @@ def test_status_works_on_a_read_only_folder(tmp_path: Path) -> None:
         folder.rmdir()
 
 
+def test_run_with_failed_members_exits_non_zero_and_names_them(tmp_path: Path) -> None:
+    """issue 14 item 5: `pbtune run` exited 0 and showed 100% done when members failed."""
+    space = {"lr": {"type": "float", "low": 0.001, "high": 0.3, "log": True},
+             "tag": {"type": "choice", "values": ["ok", "boom"]}}
+    config = _config(tmp_path, trainable="pbtune.testing.trainables:Flaky", space=space, seed=3,
+                     ready={"interval": 100})  # no exploit within the budget: the boom members stay boom
+    result = runner.invoke(app, ["run", str(config), "--quiet"])
+    output = " ".join(result.output.split())
+    from pbtune.store import SQLStore
+
+    members = SQLStore(f"sqlite:///{tmp_path}/cli.db").list_members("cli")
+    failed = [m.member_id for m in members if m.state.value == "failed"]
+    assert 0 < len(failed) < len(members), "the seed must give both kinds of member"
+    assert result.exit_code == 1, result.output
+    assert f"{len(failed)} of 4 members failed" in output and "this member always fails" in output
+    for member_id in failed:
+        assert f"member {member_id} at step" in output
+    assert f"{len(failed)} FAILED" in output  # the progress line says so too
+    assert "(100%)" not in output
+
+
 def test_unknown_run_and_member(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/empty.db"
     from pbtune.store import SQLStore

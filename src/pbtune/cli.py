@@ -18,7 +18,7 @@ from pbtune.engine.local import run as run_population
 from pbtune.errors import InvalidConfigError, NotFoundError, PBTuneError
 from pbtune.lineage import schedule
 from pbtune.store import open_store
-from pbtune.types import MemberRecord
+from pbtune.types import MemberRecord, MemberState
 
 app = typer.Typer(help="Population Based Training: run populations and inspect what they found.",
                   no_args_is_help=True, add_completion=False)
@@ -82,13 +82,22 @@ def run(
     except PBTuneError as exc:
         _fail(str(exc))
         return
-    console.print(f"[bold green]done[/] run [bold]{cfg.name}[/]: best member {result.best.member_id} "
+    failed = [m for m in result.members if m.state is MemberState.FAILED]
+    headline = "[bold yellow]done, with failures[/]" if failed else "[bold green]done[/]"
+    console.print(f"{headline} run [bold]{cfg.name}[/]: best member {result.best.member_id} "
                   f"score {_fmt_score(result.best.score)} with {_fmt_hparams(result.best.hparams)}")
     console.print(f"  store:       {cfg.storage}")
     where = cfg.checkpoints if "://" in cfg.checkpoints else os.path.abspath(cfg.checkpoints)
     console.print(f"  checkpoints: {where}")
     console.print(f"  best checkpoint: {result.checkpoint_path}")
     console.print(f"  inspect: {_program()} status {cfg.name} --storage {cfg.storage}")
+    if failed:  # a run with failed members is not a success: say so, and exit non-zero
+        console.print(f"[bold red]{len(failed)} of {len(result.members)} members failed:[/]")
+        for m in failed:
+            last = (m.error or "").strip().splitlines()[-1:] or ["no traceback"]
+            console.print(f"  member {m.member_id} at step {m.step}: {last[0]}")
+        console.print(f"  tracebacks: {_program()} status {cfg.name} --storage {cfg.storage} --json")
+        raise typer.Exit(code=1)
 
 
 def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None) -> Table:
