@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pbtune.cli import app
+from pbtune.errors import PBTuneError
 
 runner = CliRunner()
 
@@ -147,6 +148,53 @@ def test_run_with_failed_members_exits_non_zero_and_names_them(tmp_path: Path) -
         assert f"member {member_id} at step" in output
     assert f"{len(failed)} FAILED" in output  # the progress line says so too
     assert "(100%)" not in output
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_stopping_pbtune_run_gives_the_leases_back(tmp_path: Path, signame: str) -> None:
+    """issue 14 item 6: after Ctrl-C the resumed run waited ~lease_seconds for its first step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pbtune.store import SQLStore
+
+    config = _config(tmp_path, budget=10_000, lease_seconds=600,
+                     trainable_args={"step_seconds": 0.01})  # leases that would outlive the test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pbtune.cli", "run", str(config), "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            held = []
+            try:
+                store = store or SQLStore(f"sqlite:///{tmp_path}/cli.db", read_only=True)
+                held = [m for m in store.list_members("cli") if m.lease_owner and m.step > 0]
+            except PBTuneError:  # the store or the run is still being created
+                pass
+            if len(held) == 2:  # both workers hold a member and train
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the workers never started training")
+        proc.send_signal(getattr(signal, signame))
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    assert "run the same command to resume" in " ".join(output.split())
+    assert store is not None
+    now = time.time()
+    members = store.list_members("cli")
+    assert all((m.lease_expires or 0.0) <= now for m in members), [(m.member_id, m.lease_expires) for m in members]
+    store.close()
+    heir = SQLStore(f"sqlite:///{tmp_path}/cli.db").claim("cli", "resumed", 60, 10_000)  # at once, not in 600 s
+    assert heir is not None and heir.member_id in {m.member_id for m in members if m.lease_owner}
 
 
 def test_unknown_run_and_member(tmp_path: Path) -> None:

@@ -82,6 +82,10 @@ def run(
     except PBTuneError as exc:
         _fail(str(exc))
         return
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped and their leases given back
+        console.print(f"[bold yellow]stopped[/] run [bold]{cfg.name}[/]: its members were handed back; run the"
+                      " same command to resume from their last checkpoints")
+        raise typer.Exit(code=130) from None
     failed = [m for m in result.members if m.state is MemberState.FAILED]
     headline = "[bold yellow]done, with failures[/]" if failed else "[bold green]done[/]"
     console.print(f"{headline} run [bold]{cfg.name}[/]: best member {result.best.member_id} "
