@@ -106,7 +106,7 @@ class AuthMiddleware:
         await self.app(scope, _replay(body, receive), send)
 
 
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # JSON strings (unrolled: linear and fast)
 
 
 def _nesting(body: bytes) -> int:
@@ -117,7 +117,10 @@ def _nesting(body: bytes) -> int:
     depth = deepest = 0
     for char in _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS):
         depth += 1 if char in b"[{" else -1
-        deepest = max(deepest, depth)
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                break  # deep enough to refuse: no need to read on
     return deepest
 
 
