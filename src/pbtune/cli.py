@@ -16,14 +16,14 @@ from rich.table import Table
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
 from pbtune.diversity import diversity
 from pbtune.engine.local import run as run_population
-from pbtune.errors import InvalidConfigError, PBTuneError
+from pbtune.errors import InvalidConfigError, NotFoundError, PBTuneError
 from pbtune.launch import progress_display
 from pbtune.lineage import schedule
 from pbtune.ranking import Ranking, best_member, ranking_from_config
 from pbtune.space import Space
 from pbtune.store import open_store
 from pbtune.strategies import Ready
-from pbtune.types import MemberRecord
+from pbtune.types import MemberRecord, MemberState
 
 app = typer.Typer(help="Population Based Training: run populations and inspect what they found.",
                   no_args_is_help=True, add_completion=False)
@@ -94,13 +94,26 @@ def run(
     except PBTuneError as exc:
         _fail(str(exc))
         return
-    console.print(f"[bold green]done[/] run [bold]{cfg.name}[/]: best member {result.best.member_id} "
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped and their leases given back
+        console.print(f"[bold yellow]stopped[/] run [bold]{cfg.name}[/]: its members were handed back; run the"
+                      " same command to resume from their last checkpoints")
+        raise typer.Exit(code=130) from None
+    failed = [m for m in result.members if m.state is MemberState.FAILED]
+    headline = "[bold yellow]done, with failures[/]" if failed else "[bold green]done[/]"
+    console.print(f"{headline} run [bold]{cfg.name}[/]: best member {result.best.member_id} "
                   f"score {_fmt_score(result.best.score)} with {_fmt_hparams(result.best.hparams)}")
     console.print(f"  store:       {cfg.storage}")
     where = cfg.checkpoints if "://" in cfg.checkpoints else os.path.abspath(cfg.checkpoints)
     console.print(f"  checkpoints: {where}")
     console.print(f"  best checkpoint: {result.checkpoint_path}")
     console.print(f"  inspect: {_program()} status {cfg.name} --storage {cfg.storage}")
+    if failed:  # a run with failed members is not a success: say so, and exit non-zero
+        console.print(f"[bold red]{len(failed)} of {len(result.members)} members failed:[/]")
+        for m in failed:
+            last = (m.error or "").strip().splitlines()[-1:] or ["no traceback"]
+            console.print(f"  member {m.member_id} at step {m.step}: {last[0]}")
+        console.print(f"  tracebacks: {_program()} status {cfg.name} --storage {cfg.storage} --json")
+        raise typer.Exit(code=1)
 
 
 def _best(members: tuple[MemberRecord, ...], cfg: Mapping[str, Any]) -> MemberRecord | None:
@@ -150,7 +163,7 @@ def status(
         _fail("RUN is required (or --server URL)")
         return
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
         events = store.events(run_name)
@@ -179,7 +192,7 @@ def status(
 def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = StorageOption) -> None:
     """The best member: score, hyperparameters, checkpoint and schedule."""
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         member = _best(store.list_members(run_name), cfg)
         if member is None:
@@ -201,7 +214,7 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
             storage: str = StorageOption) -> None:
     """The hyperparameter schedule that produced MEMBER, and the events along its ancestry."""
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
         if member == "best":
@@ -233,12 +246,16 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
 
 @app.command()
 def runs(storage: str = StorageOption) -> None:
-    """List the runs in a store."""
+    """List the runs in a store (opened read-only: a missing store is not created)."""
     try:
-        found = open_store(storage).list_runs()
+        found = open_store(storage, read_only=True).list_runs()
+    except NotFoundError:  # no store there: a read never creates one
+        found = ()
     except PBTuneError as exc:
         _fail(str(exc))
         return
+    if not found:
+        typer.echo(f"no runs in {storage}")
     for record in found:
         typer.echo(record.name)
 

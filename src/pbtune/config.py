@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pbtune._storage_url import check_storage_url
 from pbtune.errors import InvalidConfigError
 from pbtune.initial import INITS
 from pbtune.ranking import Ranking, check_mode, ranking_from_config
@@ -41,8 +42,25 @@ def _int(value: Any, field_name: str, minimum: int) -> int:
     return check_int(value, field_name, "config", minimum=minimum)
 
 
-def _positive(value: Any, field_name: str) -> float:
+def _finite_positive(value: Any, field_name: str) -> float:
+    # inf passes `> 0` and then breaks every timer built on it (the heartbeat thread died on it)
     return check_number(value, field_name, "config", low=0, low_open=True)
+
+
+# The store's run-name columns hold 200 characters, and the checkpoint store uses the name as a
+# folder name (255 bytes on most file systems): leave room in both.
+MAX_NAME_CHARS = 100
+MAX_NAME_BYTES = 200
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "/" in name or ".." in name:
+        raise InvalidConfigError("name", "config", "a non-empty string without '/' or '..'", name)
+    if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidConfigError("name", "config", f"at most {MAX_NAME_CHARS} characters ({MAX_NAME_BYTES} bytes"
+                                 " in UTF-8)", f"{name[:40]}... ({len(name)} characters)")
+    if not name.isprintable():  # control characters, lone surrogates: no file or column takes them
+        raise InvalidConfigError("name", "config", "printable characters only", name)
 
 
 @dataclass
@@ -100,8 +118,7 @@ class RunConfig:
     resources_per_worker: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "/" in self.name or ".." in self.name:
-            raise InvalidConfigError("name", "config", "a non-empty string without '/' or '..'", self.name)
+        _check_name(self.name)
         if not isinstance(self.space, Space):
             self.space = Space(self.space)
         self.population = _int(self.population, "population", 2)
@@ -121,9 +138,8 @@ class RunConfig:
             raise InvalidConfigError("init", "config", f"one of {list(INITS)}", self.init)
         if self.checkpoint_interval is not None:
             self.checkpoint_interval = _int(self.checkpoint_interval, "checkpoint_interval", 1)
-        self.lease_seconds = _positive(self.lease_seconds, "lease_seconds")
-        if not isinstance(self.storage, str) or "://" not in self.storage:
-            raise InvalidConfigError("storage", "config", "a SQLAlchemy URL such as sqlite:///pbt.db", self.storage)
+        self.lease_seconds = _finite_positive(self.lease_seconds, "lease_seconds")
+        check_storage_url(self.storage)
         if not isinstance(self.checkpoints, str) or not self.checkpoints:
             raise InvalidConfigError("checkpoints", "config", "a folder or fsspec URL", self.checkpoints)
         if self.trainable is not None and (not isinstance(self.trainable, str) or ":" not in self.trainable):
@@ -203,7 +219,13 @@ def load_config(path: str, **overrides: Any) -> RunConfig:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise InvalidConfigError("yaml", path, f"valid YAML ({problem}{at})", text[:80]) from None
     else:
         try:
             data = json.loads(text)

@@ -7,7 +7,9 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -74,8 +76,11 @@ def run(
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
     config_dict = config.to_dict()
 
+    started: list[str] = []  # every worker id, replacements included: their leases go back on Ctrl-C
+
     def start(index: int) -> mp.process.BaseProcess:
         worker_id = f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}"
+        started.append(worker_id)
         proc = context.Process(target=worker_main, args=(config_dict, target, worker_id), daemon=True)
         proc.start()
         return proc
@@ -84,6 +89,7 @@ def run(
         return summarize(config, population.store, population.checkpoints)
     procs = [start(i) for i in range(config.workers)]
     watchers: list[Monitor] = ([display] if display is not None else []) + list(monitors)
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         while True:
             for watcher in watchers:
@@ -109,7 +115,13 @@ def run(
             time.sleep(0.2)
         for proc in procs:
             proc.join(timeout=30)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers, then hand their members back now
+        _stop(procs)
+        _give_back_leases(population.store, config.name, started)
+        raise
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
@@ -117,6 +129,39 @@ def run(
             watcher.update(population.store, config)
             watcher.close()
     return summarize(config, population.store, population.checkpoints)
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM stops the run as Ctrl-C does (so the leases go back); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _stop(procs: Sequence[mp.process.BaseProcess]) -> None:
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
+def _give_back_leases(store: PopulationStore, run_name: str, worker_ids: Sequence[str]) -> None:
+    """Expire the (now dead) workers' leases, so a resumed run takes their members at once
+    instead of after ``lease_seconds``; each member resumes from its last checkpoint."""
+    for worker_id in worker_ids:
+        try:
+            store.heartbeat(run_name, worker_id, 0.0)
+        except Exception as exc:  # noqa: BLE001 - leaving anyway; the leases then expire on their own
+            log.warning("could not give back the leases of %s: %s", worker_id, exc)
+            return
 
 
 class Monitor(Protocol):

@@ -331,12 +331,15 @@ class PopulationStore(abc.ABC):
 
     # -- leases ------------------------------------------------------------------------------
     @abc.abstractmethod
-    def claim(self, run: str, worker: str, lease_seconds: float, budget: int) -> MemberRecord | None:
+    def claim(
+        self, run: str, worker: str, lease_seconds: float, budget: int, *, member_id: int | None = None
+    ) -> MemberRecord | None:
         """Lease the least advanced runnable member below ``budget`` steps, or return None.
 
         Runnable: PENDING, PAUSED, or RUNNING whose lease expired (its worker died). A member
         taken over from a dead worker is rolled back to its last checkpoint and gets a
-        ``resume`` event.
+        ``resume`` event. With ``member_id``, only that member is leased (if runnable, at any
+        step): a client rejoining a dead client's member takes it over under its own name.
         """
 
     @abc.abstractmethod

@@ -21,16 +21,19 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
+from pbtune._storage_url import check_storage_url
 from pbtune.errors import (
     IllegalTransitionError,
+    InvalidConfigError,
     LeaseLostError,
     NotFoundError,
     SchemaVersionError,
     StoreError,
 )
 from pbtune.store import _schema as s
+from pbtune.store._sqlite import read_only_connect, refuse_foreign_tables, require_file, split_allow_foreign
 from pbtune.store.base import (
     CheckpointRef,
     ExploitWrite,
@@ -106,6 +109,23 @@ def _recent_out(rows: Any) -> tuple[tuple[int, float], ...]:
 def _recent_until(member: MemberRecord, step: int) -> list[list[Any]]:
     """Recent scores of steps up to ``step`` (a member rolled back to a checkpoint forgets later ones)."""
     return _recent_in([r for r in member.recent if r[0] <= step], ())
+
+
+def _parse_url(url: str) -> sa.engine.URL:
+    check_storage_url(url, "population store")  # a clear error, not SQLAlchemy's traceback
+    try:
+        return sa.engine.make_url(url)
+    except ArgumentError:
+        raise InvalidConfigError("storage", "population store", "a database URL such as sqlite:///pbt.db",
+                                 url.partition("://")[0] + "://...") from None
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL (None for other databases and in-memory ones)."""
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return os.path.abspath(str(parsed.database))
 
 
 # Hot statements are built once: constructing SQLAlchemy expressions costs more than SQLite.
@@ -215,14 +235,22 @@ class SQLStore(PopulationStore):
         retry_seconds: float = 120.0,
         clock: Callable[[], float] = time.time,
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
+        url, allow_foreign = split_allow_foreign(url)
         self.url = url
         self._retry_seconds = retry_seconds
         self._clock = clock
         self._rng = random.Random()
         self._batch = threading.local()  # .conn: the connection of this thread's open batch()
-        self._engine = self._make_engine(url)
-        if create:
+        self._read_only = read_only
+        sqlite_file = _sqlite_file(url)
+        if read_only:  # reads never create a store, and work on a read-only file system
+            require_file(sqlite_file, self._safe_url())
+        elif sqlite_file is not None and not allow_foreign:
+            refuse_foreign_tables(sqlite_file, self._safe_url())
+        self._engine = self._make_engine(url, read_only=read_only)
+        if create and not read_only:
             self._make_sqlite_folder()
             self._transaction(self._ensure_schema)
         else:
@@ -230,35 +258,40 @@ class SQLStore(PopulationStore):
 
     # -- plumbing -----------------------------------------------------------------------------
     @staticmethod
-    def _make_engine(url: str) -> Engine:
-        parsed = sa.engine.make_url(url)
+    def _make_engine(url: str, *, read_only: bool = False) -> Engine:
+        parsed = _parse_url(url)
         if parsed.drivername == "postgresql":  # SQLAlchemy would pick psycopg2; we ship psycopg 3
             parsed = parsed.set(drivername="postgresql+psycopg")
         if parsed.get_backend_name() != "sqlite":
-            args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+            args: dict[str, Any] = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+            if read_only and parsed.get_backend_name() == "postgresql":
+                args["options"] = "-c default_transaction_read_only=on"
             return sa.create_engine(parsed, pool_pre_ping=True, future=True, connect_args=args)
         in_memory = parsed.database in (None, "", ":memory:")
+        opened_read_only = read_only and not in_memory
         engine = sa.create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
             poolclass=sa.pool.StaticPool if in_memory else sa.pool.QueuePool,
             future=True,
+            **({"creator": read_only_connect(str(parsed.database))} if opened_read_only else {}),
         )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
             cursor = dbapi_connection.cursor()
-            if not in_memory:
+            if not in_memory and not opened_read_only:
                 cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            if not opened_read_only:
+                cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=20")  # short: our retry loop is fairer than SQLite's backoff
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            read_only = conn.get_execution_options().get("pbtune_read_only", False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            reading = opened_read_only or conn.get_execution_options().get("pbtune_read_only", False)
+            conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
         return engine
 
@@ -337,7 +370,9 @@ class SQLStore(PopulationStore):
             return conn.execute(sa.select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
 
         found = self._transaction(read, read_only=True)
-        if found is None or int(found) != s.SCHEMA_VERSION:
+        if found is None:
+            raise NotFoundError(f"no runs in {self._safe_url()} (it holds no pbtune tables)")
+        if int(found) != s.SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self._safe_url()} holds pbtune schema version {found}, this pbtune uses {s.SCHEMA_VERSION}"
             )
@@ -763,7 +798,9 @@ class SQLStore(PopulationStore):
         return self._transaction(body)
 
     # -- leases ------------------------------------------------------------------------------
-    def claim(self, run: str, worker: str, lease_seconds: float, budget: int) -> MemberRecord | None:
+    def claim(
+        self, run: str, worker: str, lease_seconds: float, budget: int, *, member_id: int | None = None
+    ) -> MemberRecord | None:
         def body(conn: Connection) -> MemberRecord | None:
             now = self._clock()
             c = s.members.c
@@ -771,9 +808,10 @@ class SQLStore(PopulationStore):
                 c.state.in_([MemberState.PENDING.value, MemberState.PAUSED.value]),
                 sa.and_(c.state == MemberState.RUNNING.value, c.lease_owner.is_not(None), c.lease_expires < now),
             )
+            which = c.step < budget if member_id is None else c.member_id == member_id
             query = (
                 sa.select(s.members)
-                .where(c.run == run, runnable, c.step < budget)
+                .where(c.run == run, runnable, which)
                 .order_by(c.step, c.member_id)
                 .limit(1)
             )

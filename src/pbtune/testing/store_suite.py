@@ -317,6 +317,24 @@ class StoreConformance:
         assert store.get_member(run, 2).score is None
         assert math.isnan(store.scores(run, 0)[0].score)
 
+    def test_nan_and_inf_metrics_are_stored_and_rank_worst(self, store: PopulationStore, run: str) -> None:
+        """PostgreSQL's JSON type has no NaN/Infinity tokens: a non-finite metric must still be
+        stored (it failed every member there), read back as the same float, and rank worst."""
+        odd = {"loss": math.nan, "grad": math.inf, "low": -math.inf, "nested": {"x": [math.nan, 1.0]}, "ok": 2.5}
+        store.report(run, 0, 1, math.nan, metrics=odd)
+        store.report(run, 1, 1, math.inf, metrics={"loss": -math.inf})
+        store.report_many(run, {2: [ScorePoint(1, 0.25, {"loss": math.inf})]})
+        got = store.scores(run, 0)[0].metrics
+        assert math.isnan(got["loss"]) and got["grad"] == math.inf and got["low"] == -math.inf
+        assert math.isnan(got["nested"]["x"][0]) and got["nested"]["x"][1] == 1.0 and got["ok"] == 2.5
+        assert store.scores(run, 1)[0].metrics == {"loss": -math.inf}
+        assert store.scores(run, 2)[0].metrics == {"loss": math.inf}
+        from pbtune.ranking import ranked
+
+        for mode in ("max", "min"):
+            order = [m.member_id for m in ranked(store.list_members(run), mode)]
+            assert order[0] == 2, (mode, order)  # the only finite score wins in either direction
+
     def test_checkpoint_is_recorded_with_the_report(self, store: PopulationStore, run: str) -> None:
         member = store.report(run, 0, 2, 1.0, checkpoint=_ref("r/m0/a", 2))
         assert (member.checkpoint, member.checkpoint_step) == ("r/m0/a", 2)
@@ -401,6 +419,22 @@ class StoreConformance:
         assert store.events(run, first.member_id)[-1].kind == "resume"
         with pytest.raises(LeaseLostError):
             store.report(run, first.member_id, 7, 3.0, worker="dead")
+
+    def test_claim_of_a_named_member_takes_over_only_that_member_when_its_lease_expired(
+        self, store: PopulationStore, run: str, clock: FakeClock
+    ) -> None:
+        held = store.claim(run, "dead", 5, budget=10, member_id=2)
+        assert held is not None and held.member_id == 2 and held.lease_owner == "dead"
+        store.report(run, 2, 3, 1.0, checkpoint=_ref("r/m2/3", 3), worker="dead")
+        store.report(run, 2, 5, 1.5, worker="dead")
+        assert store.claim(run, "heir", 5, budget=10, member_id=2) is None  # still live
+        clock.advance(6)
+        taken = store.claim(run, "heir", 5, budget=1, member_id=2)  # a named member: at any step
+        assert taken is not None and (taken.member_id, taken.lease_owner, taken.step) == (2, "heir", 3)
+        assert store.events(run, 2)[-1].kind == "resume"
+        with pytest.raises(LeaseLostError):
+            store.report(run, 2, 4, 2.0, worker="dead")
+        assert store.get_member(run, 0).lease_owner is None  # nobody else was leased
 
     def test_release_frees_the_lease(self, store: PopulationStore, run: str) -> None:
         member = store.claim(run, "w", 10, budget=10)
