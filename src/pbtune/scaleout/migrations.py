@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pbtune.errors import SchemaVersionError, StoreError
 from pbtune.store import _schema as schema
-from pbtune.store.sql import _SCHEMA_LOCK
+from pbtune.store._sql_rows import _SCHEMA_LOCK
 
 __all__ = ["STEPS", "Upgrade", "current_version", "migration", "upgrade"]
 
