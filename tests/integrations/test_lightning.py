@@ -194,3 +194,19 @@ def test_unknown_optimizer_key_is_an_error_not_a_silent_drop(tmp_path: Path) -> 
     train, val = loaders()
     with pytest.raises(PBTuneError, match="'momentum' maps to the optimizer's 'momentum', which Adam"):
         trainer.fit(TinyModule(), train, val)
+
+
+@pytest.mark.slow  # spawns a worker process that imports Lightning: ~20-40 s on a busy machine
+def test_process_engine_runs_the_lightning_trainable(tmp_path: Path) -> None:
+    import pbtune
+    from integration_helpers import HERE
+
+    config = pbt_config(tmp_path, budget=3, workers=1, trainable=f"{HERE / 'lightning_models.py'}:TinyTrainable")
+    result = pbtune.run(config=config, progress=False, initial=INITIAL)
+    assert all(m.state.value == "finished" and m.step == 3 for m in result.members)
+    assert any(entry for entry in result.schedule)
+    saved = torch.load(result.checkpoint_path, weights_only=True)
+    module = TinyModule()
+    module.load_state_dict(saved["state_dict"])  # the best member's weights load into a fresh module
+    assert saved["optimizer_states"] and saved["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(
+        result.best.hparams["lr"])
