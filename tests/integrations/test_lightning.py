@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("lightning", reason="lightning is not installed (pip install 'pbtune[lightning]')")
 
+import lightning.pytorch as L  # noqa: E402
 import torch  # noqa: E402
 from integration_helpers import config_json, pbt_config, run_script  # noqa: E402
 from lightning_models import Probe, TinyModule, TinyTrainable, loaders, quiet_trainer  # noqa: E402
@@ -31,6 +32,36 @@ def _train(member: Any, module: TinyModule, *, epochs: int = 1, finish: bool = F
     return trainer, callback
 
 
+class AfterExploit(L.Callback):
+    """The module and optimizer right after the PBT callback's first exploit (it runs before this one)."""
+
+    def __init__(self) -> None:
+        self.pbt: PBTCallback | None = None
+        self.seen: dict[str, Any] = {}
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        assert self.pbt is not None
+        if self.pbt.exploits and not self.seen:
+            optimizer = trainer.optimizers[0]
+            configs = trainer.lr_scheduler_configs
+            self.seen = {"weight": pl_module.net.weight.detach().clone(), "lr": optimizer.param_groups[0]["lr"],
+                         "exp_avg": optimizer.state[pl_module.net.weight]["exp_avg"].clone(),
+                         "dropout": pl_module.drop.p,
+                         "base_lr": configs[0].scheduler.base_lrs[0] if configs else None,
+                         "last_epoch": configs[0].scheduler.last_epoch if configs else None}
+
+
+def _train_until_exploit(member: Any, module: TinyModule) -> tuple[Any, PBTCallback, dict[str, Any]]:
+    """Two epochs: the decision after the first one copies the donor (the last one decides nothing)."""
+    probe = AfterExploit()
+    callback = PBTCallback(member, monitor="val_loss", attributes={"dropout": "drop.p"}, finish=False)
+    probe.pbt = callback
+    trainer = quiet_trainer(max_epochs=2, callbacks=[callback, probe])
+    train, val = loaders()
+    trainer.fit(module, train, val)
+    return trainer, callback, probe.seen
+
+
 def _adam_state(trainer: Any, module: TinyModule) -> torch.Tensor:
     return trainer.optimizers[0].state[module.net.weight]["exp_avg"].clone()
 
@@ -39,29 +70,29 @@ def _adam_state(trainer: Any, module: TinyModule) -> torch.Tensor:
 def test_exploit_loads_donor_state_and_applies_explored_hparams(tmp_path: Path, scheduler: bool) -> None:
     population = Population(pbt_config(tmp_path), initial=INITIAL)
     donor = TinyModule(**INITIAL[0], scheduler=scheduler, seed=0)
-    donor_trainer, _ = _train(population.member(0), donor)
+    donor_trainer, donor_callback = _train(population.member(0), donor)
+    assert donor_callback.exploits == []  # its only report ends the fit: no decision
     member = population.member(1)
     module = TinyModule(**INITIAL[1], scheduler=scheduler, seed=1)
     assert not torch.equal(module.net.weight, donor.net.weight)
 
-    trainer, callback = _train(member, module)
+    _, callback, seen = _train_until_exploit(member, module)
 
     assert [e.donor.member_id for e in callback.exploits] == [0]
-    explored = member.hparams
+    explored = callback.exploits[0].hparams
     assert explored != INITIAL[0] and explored != INITIAL[1]  # perturbed from the donor's
     assert {round(explored[k] / INITIAL[0][k], 6) for k in ("lr", "dropout")} <= {0.8, 1.2}
     # the donor's weights and Adam moments, not the member's own
-    assert torch.equal(module.net.weight, donor.net.weight)
-    assert torch.equal(_adam_state(trainer, module), _adam_state(donor_trainer, donor))
-    group = trainer.optimizers[0].param_groups[0]
-    if scheduler:  # lr is the schedule's base; the current lr keeps the donor's schedule factor (0.5 ** 1)
-        sched = trainer.lr_scheduler_configs[0].scheduler
-        assert sched.base_lrs[0] == pytest.approx(explored["lr"])
-        assert group["lr"] == pytest.approx(explored["lr"] * 0.5)
-        assert sched.last_epoch == donor_trainer.lr_scheduler_configs[0].scheduler.last_epoch
+    assert torch.equal(seen["weight"], donor.net.weight)
+    assert torch.equal(seen["exp_avg"], _adam_state(donor_trainer, donor))
+    if scheduler:  # lr is the schedule's base; the current lr keeps the donor's schedule factor
+        donor_scheduler = donor_trainer.lr_scheduler_configs[0].scheduler
+        assert seen["base_lr"] == pytest.approx(explored["lr"])
+        assert seen["last_epoch"] == donor_scheduler.last_epoch
+        assert seen["lr"] == pytest.approx(explored["lr"] * 0.5 ** donor_scheduler.last_epoch)
     else:
-        assert group["lr"] == pytest.approx(explored["lr"])
-    assert module.drop.p == pytest.approx(explored["dropout"])
+        assert seen["lr"] == pytest.approx(explored["lr"])
+    assert seen["dropout"] == pytest.approx(explored["dropout"])
     kinds = [e.kind for e in population.store.events("integ") if e.member_id == 1]
     assert kinds[-2:] == ["exploit", "explore"]
 
@@ -82,7 +113,7 @@ def test_training_goes_on_with_the_explored_lr_in_the_same_fit(tmp_path: Path) -
     first_explored = population.store.events("integ")  # epoch 2 trained with the hparams of the first exploit
     explores = [e for e in first_explored if e.member_id == 1 and e.kind == "explore"]
     assert seen[1] == pytest.approx(explores[0].new_hparams["lr"])
-    assert member.step == 2
+    assert len(explores) == 1 and member.step == 2  # the last validation reports and decides nothing
 
 
 def test_resume_in_another_process_restores_weights_optimizer_and_hparams(tmp_path: Path) -> None:
@@ -91,18 +122,18 @@ def test_resume_in_another_process_restores_weights_optimizer_and_hparams(tmp_pa
     _train(population.member(0), TinyModule(**INITIAL[0], seed=0))
     member = population.member(1)
     module = TinyModule(**INITIAL[1], seed=1)
-    trainer, callback = _train(member, module)
+    trainer, callback, _ = _train_until_exploit(member, module)  # then a second epoch with the explored hparams
     assert callback.exploits
     out = tmp_path / "probe.pt"
 
     run_script("lightning_models.py", config_json(config), "1", str(out))
 
     seen = torch.load(out, weights_only=True)
-    assert torch.equal(seen["weight"], module.net.weight)  # the donor's weights copied at the exploit
+    assert torch.equal(seen["weight"], module.net.weight)  # its last checkpoint, not the fresh module's
     assert torch.equal(seen["exp_avg"], _adam_state(trainer, module))
-    assert seen["lr"] == pytest.approx(member.hparams["lr"])  # explored, not the module's 0.5
-    assert seen["dropout"] == pytest.approx(member.hparams["dropout"])
-    assert seen["step"] == 2  # the member kept counting
+    assert seen["lr"] == pytest.approx(callback.exploits[0].hparams["lr"])  # explored, not the module's 0.5
+    assert seen["dropout"] == pytest.approx(callback.exploits[0].hparams["dropout"])
+    assert seen["step"] == 3  # the member kept counting
 
 
 def test_through_a_server_with_pbtclient(tmp_path: Path) -> None:
@@ -124,12 +155,13 @@ def test_through_a_server_with_pbtclient(tmp_path: Path) -> None:
         donor = TinyModule(lr=0.05, seed=0)
         _train(clients[first], donor)
         module = TinyModule(lr=1e-5, seed=1)
-        trainer, callback = _train(clients[second], module)
+        _, callback, seen = _train_until_exploit(clients[second], module)
         assert [e.donor.member_id for e in callback.exploits] == [first]
-        explored = clients[second].hparams
-        assert torch.equal(module.net.weight, donor.net.weight)
-        assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(explored["lr"])
+        explored = callback.exploits[0].hparams
+        assert torch.equal(seen["weight"], donor.net.weight)
+        assert seen["lr"] == pytest.approx(explored["lr"])
         assert explored["lr"] != pytest.approx(clients[first].hparams["lr"])
+        assert clients[second].hparams == explored
     finally:
         for client in clients:
             client.close()

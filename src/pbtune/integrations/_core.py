@@ -109,11 +109,14 @@ class PBTDriver:
         """The member's latest checkpoint when it already trained (another process, a restart)."""
         return self.member.parameters_path() if self.member.step > 0 else None
 
-    def report(self, metrics: Mapping[str, Any], save: Callable[[str], None], *, suffix: str = ".pt") -> Exploited | None:
+    def report(self, metrics: Mapping[str, Any], save: Callable[[str], None], *, suffix: str = ".pt",
+               final: bool = False) -> Exploited | None:
         """Save a checkpoint with ``save(path)``, report it, and carry out an exploit if the strategy says so.
 
         Returns what to load and apply, or None to train on unchanged. The step is the member's
-        last step + 1, so a member resumed in another process keeps counting.
+        last step + 1, so a member resumed in another process keeps counting. ``final``: the
+        training ends after this report, so no decision is made (as the worker loop does at
+        the budget: a copy nobody trains would only replace the member's model).
         """
         score = self.score(metrics)
         os.makedirs(self.checkpoint_dir, exist_ok=True)
@@ -125,7 +128,7 @@ class PBTDriver:
         finally:  # the member copied it into the checkpoint store
             _remove(path)
         self.reports += 1
-        if not self.member.should_exploit():
+        if final or not self.member.should_exploit():
             return None
         donor = self.member.exploit()
         if donor is None:  # the donor's checkpoint went away or the member changed: train on

@@ -144,7 +144,9 @@ class PBTCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
         self.apply(self.member.hparams)
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        done = self.driver.report(dict(logs or {}), lambda path: save_variables(path, self.model), suffix=".npz")
+        epochs = (self.params or {}).get("epochs")
+        done = self.driver.report(dict(logs or {}), lambda path: save_variables(path, self.model), suffix=".npz",
+                                  final=epochs is not None and epoch + 1 >= epochs)
         if done is not None:
             load_variables(done.path, self.model)
             self.apply(done.hparams)

@@ -61,6 +61,15 @@ def _scheduler_of(trainer: Any, optimizer: Any) -> Any:
     return None
 
 
+def _last_validation(trainer: Any) -> bool:
+    """True at the validation after the last training batch of the fit (max_steps or max_epochs)."""
+    if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps:
+        return True
+    epochs = trainer.max_epochs
+    last_batch = bool(getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False))
+    return epochs is not None and epochs >= 0 and trainer.current_epoch >= epochs - 1 and last_batch
+
+
 class _Hparams:
     """Applies hyperparameters to a trainer's optimizers and a module's attributes."""
 
@@ -139,7 +148,8 @@ class PBTCallback(pl.Callback):  # type: ignore[misc,name-defined]
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        done = self.driver.report(trainer.callback_metrics, lambda path: self._save(trainer, pl_module, path))
+        done = self.driver.report(trainer.callback_metrics, lambda path: self._save(trainer, pl_module, path),
+                                  final=_last_validation(trainer))
         if done is not None:
             self._load(trainer, pl_module, done.path)
             self._hparams.apply(trainer, pl_module, done.hparams)

@@ -125,7 +125,8 @@ class PBTCallback(transformers.TrainerCallback):  # type: ignore[misc,name-defin
         model, scheduler = kwargs["model"], kwargs.get("lr_scheduler")
         done = self.driver.report(
             metrics, lambda path: _torch.save_state(path, model, [optimizer], _present(scheduler),
-                                                    extra={"global_step": int(state.global_step)}))
+                                                    extra={"global_step": int(state.global_step)}),
+            final=bool(state.max_steps) and state.global_step >= state.max_steps)
         if done is not None:
             self._load(done.path, model, optimizer, scheduler)
             self._apply(args, state, done.hparams, model, optimizer, scheduler)
