@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from integration_helpers import SRC
+
 from pbtune.errors import InvalidConfigError, PBTuneError
 
 torch = pytest.importorskip("torch")

@@ -230,8 +230,9 @@ def test_unknown_optimizer_key_is_an_error_not_a_silent_drop(tmp_path: Path) -> 
 
 @pytest.mark.slow  # spawns a worker process that imports Lightning: ~20-40 s on a busy machine
 def test_process_engine_runs_the_lightning_trainable(tmp_path: Path) -> None:
-    import pbtune
     from integration_helpers import HERE
+
+    import pbtune
 
     config = pbt_config(tmp_path, budget=3, workers=1, trainable=f"{HERE / 'lightning_models.py'}:TinyTrainable")
     result = pbtune.run(config=config, progress=False, initial=INITIAL)
@@ -242,3 +243,23 @@ def test_process_engine_runs_the_lightning_trainable(tmp_path: Path) -> None:
     module.load_state_dict(saved["state_dict"])  # the best member's weights load into a fresh module
     assert saved["optimizer_states"] and saved["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(
         result.best.hparams["lr"])
+
+
+@pytest.mark.slow  # a `pbtune worker` process that imports Lightning
+def test_pbtune_worker_runs_the_lightning_trainable(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from integration_helpers import HERE, SRC
+
+    config = pbt_config(tmp_path, budget=2, trainable=f"{HERE / 'lightning_models.py'}:TinyTrainable")
+    population = Population(config, initial=INITIAL)
+    done = subprocess.run([sys.executable, "-m", "pbtune.cli", "worker", "--run", "integ", "--storage", config.storage,
+                           "--poll", "0.1"], env={**os.environ, "PYTHONPATH": str(SRC)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    members = population.members()
+    assert all(m.state.value == "finished" and m.step == 2 for m in members)
+    exploits = [e for e in population.store.events("integ") if e.kind == "exploit"]
+    assert [(e.member_id, e.donor_id) for e in exploits] == [(1, 0)]

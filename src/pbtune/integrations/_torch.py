@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pbtune.errors import InvalidConfigError, PBTuneError
@@ -60,9 +60,9 @@ def _set(group: dict[str, Any], key: str, value: Any) -> None:
         items[int(index)] = value
         group[name] = tuple(items)
         return
-    current = group.get(key)
-    if hasattr(current, "fill_"):  # a tensor lr (capturable optimizers): keep the tensor
-        current.fill_(value)
+    fill = getattr(group.get(key), "fill_", None)
+    if callable(fill):  # a tensor lr (capturable optimizers): keep the tensor
+        fill(value)
     else:
         group[key] = value
 
@@ -170,7 +170,7 @@ def save_state(path: str, model: Any, optimizers: Iterable[Any] = (), schedulers
 
 
 def load_state(path: str, model: Any, optimizers: Sequence[Any] = (), schedulers: Sequence[Any] = (),
-               *, where: str, before_optimizers: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+               *, where: str) -> dict[str, Any]:
     """Restore a file written by :func:`save_state` in place; return its contents.
 
     Raises:
@@ -187,8 +187,6 @@ def load_state(path: str, model: Any, optimizers: Sequence[Any] = (), schedulers
         if len(saved) != len(live):
             raise PBTuneError(f"{where}: the checkpoint has {len(saved)} {kind}, this training has {len(live)}")
     model.load_state_dict(data["state_dict"])
-    if before_optimizers is not None:
-        before_optimizers(data)
     for optimizer, state in zip(optimizers, data["optimizer_states"], strict=True):
         optimizer.load_state_dict(state)
     for scheduler, state in zip(schedulers, data["lr_schedulers"], strict=True):

@@ -60,8 +60,9 @@ def save_variables(path: str, model: Any) -> None:
     weights, slots = _variables(model)
     arrays = {f"w{i}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(weights)}
     arrays.update({f"o{i}": np.asarray(keras.ops.convert_to_numpy(v)) for i, v in enumerate(slots)})
+    savez: Any = np.savez  # (its stub takes the keyword dict for allow_pickle)
     with open(path, "wb") as handle:  # a handle: np.savez would append ".npz" to a path
-        np.savez(handle, **arrays)
+        savez(handle, **arrays)
 
 
 def load_variables(path: str, model: Any) -> None:
