@@ -140,6 +140,9 @@ class PBTCallback(pl.Callback):  # type: ignore[misc,name-defined]
         return self.driver.exploits
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.world_size > 1:  # every rank would report, and exploits would have to reach all ranks
+            raise PBTuneError(f"{_WHERE}: one member trains on one device (world size {trainer.world_size}); run"
+                              " one Trainer process per member instead of a distributed fit")
         path = self.driver.resume_path()
         if path is not None:
             self._load(trainer, pl_module, path)

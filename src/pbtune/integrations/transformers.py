@@ -108,6 +108,9 @@ class PBTCallback(transformers.TrainerCallback):  # type: ignore[misc,name-defin
         return self.driver.exploits
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.world_size > 1:  # every rank would report, and exploits would have to reach all ranks
+            raise PBTuneError(f"{_WHERE}: one member trains in one process (world size {args.world_size}); run one"
+                              " Trainer per member instead of a distributed one")
         self._training = True
         model, optimizer, scheduler = kwargs["model"], kwargs.get("optimizer"), kwargs.get("lr_scheduler")
         path = self.driver.resume_path()
