@@ -12,7 +12,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pbtune.integrations.keras import PBTCallback  # noqa: E402
+from pbtune.integrations.keras import KerasTrainable, PBTCallback  # noqa: E402
 
 
 def data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -28,6 +28,17 @@ def tiny_model(lr: float, dropout: float, seed: int) -> keras.Model:
                               keras.layers.Dropout(dropout, name="drop"), keras.layers.Dense(1, name="out")])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss="mse")
     return model
+
+
+class TinyKerasTrainable(KerasTrainable):
+    attributes = {"dropout": "drop.rate"}
+
+    def build(self, hparams: Any) -> keras.Model:
+        return tiny_model(hparams["lr"], hparams["dropout"], seed=int(self.args.get("seed", 0)))
+
+    def data(self) -> dict[str, Any]:
+        x, y, xv, yv = data()
+        return {"x": x, "y": y, "validation_data": (xv, yv), "batch_size": 16, "shuffle": False}
 
 
 class Rank(keras.callbacks.Callback):

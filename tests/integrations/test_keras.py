@@ -13,7 +13,7 @@ pytest.importorskip("keras", reason="keras is not installed (pip install 'pbtune
 
 import numpy as np  # noqa: E402
 from integration_helpers import config_json, pbt_config, run_script  # noqa: E402
-from keras_models import Probe, Rank, fit, tiny_model  # noqa: E402
+from keras_models import Probe, Rank, TinyKerasTrainable, fit, tiny_model  # noqa: E402
 
 from pbtune import Population  # noqa: E402
 from pbtune.errors import PBTuneError  # noqa: E402
@@ -98,3 +98,42 @@ def test_dropout_built_without_rate_fails_clearly(tmp_path: Path) -> None:
     population = Population(pbt_config(tmp_path, metric="val_loss"), initial=INITIAL)
     with pytest.raises(PBTuneError, match="Dropout layer 'drop' was built with rate 0"):
         fit(tiny_model(0.01, 0.0, seed=0), [PBTCallback(population.member(0), attributes={"dropout": "drop.rate"})])
+
+
+def _snapshot(model: object) -> dict:
+    probe = Probe()
+    probe.set_model(model)
+    return probe.snapshot()
+
+
+def test_trainable_load_then_set_hparams_gives_donor_variables_with_explored_hparams(tmp_path: Path) -> None:
+    donor = TinyKerasTrainable()
+    donor.setup({"lr": 0.05, "dropout": 0.1})
+    donor.step()
+    path = str(tmp_path / "donor.ckpt")  # no .npz suffix: the worker names checkpoints itself
+    donor.save(path)
+    theirs = _snapshot(donor.model)
+    other = TinyKerasTrainable(seed=1)
+    other.setup({"lr": 1e-4, "dropout": 0.3})
+    other.step()
+    other.load(path)
+    assert _snapshot(other.model)["lr"] == pytest.approx(1e-4)  # load keeps its own hyperparameters
+    other.set_hparams({"lr": 0.06, "dropout": 0.12})
+    mine = _snapshot(other.model)
+    np.testing.assert_array_equal(mine["kernel"], theirs["kernel"])
+    names = [v.name for v in other.model.optimizer.variables]
+    for name, a, b in zip(names, mine["slots"], theirs["slots"], strict=True):
+        if name != "learning_rate":
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert mine["lr"] == pytest.approx(0.06) and mine["dropout"] == pytest.approx(0.12)
+
+
+def test_trainable_under_the_worker_loop(tmp_path: Path) -> None:
+    from pbtune.engine.worker import Worker
+
+    config = pbt_config(tmp_path, budget=2, metric="val_loss")
+    population = Population(config, initial=INITIAL)
+    Worker(config, TinyKerasTrainable, worker_id="w0").run()
+    assert all(m.state.value == "finished" and m.step == 2 for m in population.members())
+    exploits = [e for e in population.store.events("integ") if e.kind == "exploit"]
+    assert [(e.member_id, e.donor_id) for e in exploits] == [(1, 0)]

@@ -4,7 +4,7 @@ Each lives in its own module and needs its extra; nothing here imports a framewo
 
 * :mod:`pbtune.integrations.lightning` (``pbtune[lightning]``): ``PBTCallback``, ``LightningTrainable``
 * :mod:`pbtune.integrations.transformers` (``pbtune[transformers]``): ``PBTCallback``, ``search``
-* :mod:`pbtune.integrations.keras` (``pbtune[keras]``): ``PBTCallback``
+* :mod:`pbtune.integrations.keras` (``pbtune[keras]``): ``PBTCallback``, ``KerasTrainable``
 * :mod:`pbtune.integrations.wandb` (``pbtune[wandb]``): ``WandbMonitor``
 
 Example::
@@ -22,6 +22,7 @@ _LAZY = {
     "LightningTrainable": ("pbtune.integrations.lightning", "LightningTrainable"),
     "TransformersPBTCallback": ("pbtune.integrations.transformers", "PBTCallback"),
     "KerasPBTCallback": ("pbtune.integrations.keras", "PBTCallback"),
+    "KerasTrainable": ("pbtune.integrations.keras", "KerasTrainable"),
     "WandbMonitor": ("pbtune.integrations.wandb", "WandbMonitor"),
 }
 

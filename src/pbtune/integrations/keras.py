@@ -23,11 +23,12 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pbtune.engine.trainable import Trainable
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.integrations._core import Exploited, PBTDriver, require, warn_unapplied
 from pbtune.member import MemberProtocol
 
-__all__ = ["OPTIMIZER_ATTRIBUTES", "PBTCallback"]
+__all__ = ["OPTIMIZER_ATTRIBUTES", "KerasTrainable", "PBTCallback", "load_variables", "save_variables"]
 
 if ("keras" not in sys.modules and "KERAS_BACKEND" not in os.environ
         and importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("torch") is not None):
@@ -116,23 +117,7 @@ class PBTCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
         self.driver = PBTDriver(member, monitor, where=_WHERE, checkpoint_dir=checkpoint_dir)
         self.member = member
         self.finish = finish
-        keys: dict[str, str] = dict(OPTIMIZER_ATTRIBUTES)
-        for name, key in dict(optimizer_keys or {}).items():
-            if key is None:
-                keys.pop(name, None)
-            elif not isinstance(key, str) or not key:
-                raise InvalidConfigError(f"optimizer_keys[{name!r}]", _WHERE, "an optimizer attribute or None", key)
-            else:
-                keys[name] = key
-        for name, path in dict(attributes or {}).items():
-            if not isinstance(path, str) or not path or path.startswith(".") or path.endswith("."):
-                raise InvalidConfigError(f"attributes[{name!r}]", _WHERE, "a dotted path such as 'drop.rate'", path)
-        if on_hparams is not None and not callable(on_hparams):
-            raise InvalidConfigError("on_hparams", _WHERE, "None or a callable (model, hparams)", on_hparams)
-        self.keys = keys
-        self.attributes = dict(attributes or {})
-        self.on_hparams = on_hparams
-        self._warned: set[str] = set()
+        self.rules = _Rules(optimizer_keys, attributes, on_hparams, _WHERE)
 
     @property
     def exploits(self) -> list[Exploited]:
@@ -159,7 +144,35 @@ class PBTCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
 
     def apply(self, hparams: Mapping[str, Any]) -> None:
         """Set the optimizer attributes and model attributes the hyperparameters map to."""
-        optimizer = self.model.optimizer
+        self.rules.apply(self.model, hparams)
+
+
+class _Rules:
+    """Which optimizer and model attributes each hyperparameter sets; shared by callback and trainable."""
+
+    def __init__(self, optimizer_keys: Mapping[str, str | None] | None, attributes: Mapping[str, str] | None,
+                 on_hparams: Callable[[Any, dict[str, Any]], None] | None, where: str) -> None:
+        keys: dict[str, str] = dict(OPTIMIZER_ATTRIBUTES)
+        for name, key in dict(optimizer_keys or {}).items():
+            if key is None:
+                keys.pop(name, None)
+            elif not isinstance(key, str) or not key:
+                raise InvalidConfigError(f"optimizer_keys[{name!r}]", where, "an optimizer attribute or None", key)
+            else:
+                keys[name] = key
+        for name, path in dict(attributes or {}).items():
+            if not isinstance(path, str) or not path or path.startswith(".") or path.endswith("."):
+                raise InvalidConfigError(f"attributes[{name!r}]", where, "a dotted path such as 'drop.rate'", path)
+        if on_hparams is not None and not callable(on_hparams):
+            raise InvalidConfigError("on_hparams", where, "None or a callable (model, hparams)", on_hparams)
+        self.keys = keys
+        self.attributes = dict(attributes or {})
+        self.on_hparams = on_hparams
+        self.where = where
+        self._warned: set[str] = set()
+
+    def apply(self, model: Any, hparams: Mapping[str, Any]) -> None:
+        optimizer = model.optimizer
         applied: set[str] = set()
         for name, value in hparams.items():
             key = self.keys.get(name)
@@ -167,28 +180,87 @@ class PBTCallback(keras.callbacks.Callback):  # type: ignore[misc,name-defined]
                 continue
             if key == "learning_rate":
                 if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-                    raise PBTuneError(f"{_WHERE}: hyperparameter {name!r} cannot replace the optimizer's learning-rate"
-                                      " schedule; compile with a float learning rate")
+                    raise PBTuneError(f"{self.where}: hyperparameter {name!r} cannot replace the optimizer's"
+                                      " learning-rate schedule; compile with a float learning rate")
                 optimizer.learning_rate = float(value)
             elif not hasattr(optimizer, key):
-                raise PBTuneError(f"{_WHERE}: hyperparameter {name!r} maps to the optimizer attribute {key!r}, which"
-                                  f" {type(optimizer).__name__} lacks; pass optimizer_keys={{{name!r}: None}}")
+                raise PBTuneError(f"{self.where}: hyperparameter {name!r} maps to the optimizer attribute {key!r},"
+                                  f" which {type(optimizer).__name__} lacks; pass optimizer_keys={{{name!r}: None}}")
             else:
                 setattr(optimizer, key, value)
             applied.add(name)
         for name, path in self.attributes.items():
             if name in hparams:
-                target, last = _resolve(self.model, path)
+                target, last = _resolve(model, path)
                 if (isinstance(target, keras.layers.Dropout) and last == "rate" and hparams[name] > 0
                         and not hasattr(target, "seed_generator")):
-                    raise PBTuneError(f"{_WHERE}: Dropout layer {target.name!r} was built with rate 0, so Keras gave"
-                                      " it no random generator and cannot drop out later; build it with a rate > 0")
+                    raise PBTuneError(f"{self.where}: Dropout layer {target.name!r} was built with rate 0, so Keras"
+                                      " gave it no random generator and cannot drop out later; build it with a rate"
+                                      " > 0")
                 setattr(target, last, hparams[name])
                 applied.add(name)
         if self.on_hparams is not None:
-            self.on_hparams(self.model, dict(hparams))
+            self.on_hparams(model, dict(hparams))
         else:
-            warn_unapplied(_WHERE, hparams, applied, self._warned)
+            warn_unapplied(self.where, hparams, applied, self._warned)
+
+
+class KerasTrainable(Trainable):
+    """A :class:`pbtune.Trainable` around ``model.fit``, for ``pbtune.run`` and ``pbtune worker``.
+
+    Subclass it and implement :meth:`build` (a compiled model) and :meth:`data` (``fit``'s
+    keyword arguments: ``x``, ``y``, ``validation_data``, ``batch_size``...). Each :meth:`step`
+    is ``epochs_per_step`` epochs of ``fit`` on the same model (Keras keeps the optimizer's
+    state between calls) and returns the last epoch's logs: set the run's ``metric`` (and
+    ``mode``) to the one that is the score, e.g. ``val_loss`` / ``min``. ``attributes`` and
+    ``optimizer_keys`` work as in :class:`PBTCallback`.
+
+    Example::
+
+        class Digits(KerasTrainable):
+            attributes = {"dropout": "drop.rate"}
+            def build(self, hparams): return compiled_mlp(hparams)
+            def data(self): return {"x": x, "y": y, "validation_data": (xv, yv), "batch_size": 64}
+    """
+
+    attributes: Mapping[str, str] = {}
+    optimizer_keys: Mapping[str, str | None] = {}
+    epochs_per_step: int = 1
+
+    def build(self, hparams: Mapping[str, Any]) -> Any:
+        """Return a new compiled Keras model for these hyperparameters."""
+        raise NotImplementedError
+
+    def data(self) -> Mapping[str, Any]:
+        """Keyword arguments of ``model.fit`` besides ``epochs``."""
+        raise NotImplementedError
+
+    def on_hparams(self, model: Any, hparams: dict[str, Any]) -> None:
+        """Apply hyperparameters no rule covers (default: nothing)."""
+
+    def setup(self, hparams: Mapping[str, Any]) -> None:
+        self.hparams = dict(hparams)
+        self.model = self.build(self.hparams)
+        custom = type(self).on_hparams is not KerasTrainable.on_hparams  # else unapplied names get a warning
+        self._rules = _Rules(self.optimizer_keys, self.attributes, self.on_hparams if custom else None,
+                             type(self).__name__)
+        self._rules.apply(self.model, self.hparams)
+
+    def step(self) -> Mapping[str, float]:
+        kwargs = {"verbose": 0, **dict(self.data())}
+        history = self.model.fit(epochs=self.epochs_per_step, **kwargs)
+        return {key: float(values[-1]) for key, values in history.history.items() if values}
+
+    def save(self, path: str) -> None:
+        save_variables(path, self.model)
+
+    def load(self, path: str) -> None:
+        load_variables(path, self.model)
+        self._rules.apply(self.model, self.hparams)  # the file's learning rate is the saver's
+
+    def set_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self.hparams = dict(hparams)
+        self._rules.apply(self.model, self.hparams)
 
 
 def _resolve(model: Any, path: str) -> tuple[Any, str]:
