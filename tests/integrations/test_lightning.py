@@ -263,3 +263,13 @@ def test_pbtune_worker_runs_the_lightning_trainable(tmp_path: Path) -> None:
     assert all(m.state.value == "finished" and m.step == 2 for m in members)
     exploits = [e for e in population.store.events("integ") if e.kind == "exploit"]
     assert [(e.member_id, e.donor_id) for e in exploits] == [(1, 0)]
+
+
+def test_a_hyperparameter_no_rule_applies_is_named_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1.0}, "batch": {"type": "int", "low": 8, "high": 64}}
+    member = Population(pbt_config(tmp_path, space=space)).member(0)
+    with caplog.at_level("WARNING", logger="pbtune.integrations"):
+        _train(member, TinyModule(), epochs=2)
+    named = [r.getMessage() for r in caplog.records if "'batch'" in r.getMessage()]
+    assert len(named) == 1 and "on_hparams" in named[0]
+    assert not any("'lr'" in r.getMessage() for r in caplog.records)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pbtune.engine.trainable import Trainable
-from pbtune.errors import PBTuneError
+from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.integrations import _torch
 from pbtune.integrations._core import Exploited, PBTDriver, numeric_metrics, require, warn_unapplied
 from pbtune.member import MemberProtocol
@@ -77,8 +77,6 @@ class _Hparams:
                  on_hparams: Callable[[Any, dict[str, Any]], None] | None, where: str) -> None:
         self.keys, self.attributes = _torch.check_keys(optimizer_keys, attributes, where)
         if on_hparams is not None and not callable(on_hparams):
-            from pbtune.errors import InvalidConfigError
-
             raise InvalidConfigError("on_hparams", where, "None or a callable (module, hparams)", on_hparams)
         self.on_hparams = on_hparams
         self.where = where
@@ -206,17 +204,14 @@ class LightningTrainable(Trainable):
         return {}
 
     def on_hparams(self, module: Any, hparams: dict[str, Any]) -> None:
-        """Apply hyperparameters no rule covers; default: none (a warning names them)."""
-        warn_unapplied(f"{type(self).__name__}", hparams, self._covered(hparams), self._warned)
-
-    def _covered(self, hparams: Mapping[str, Any]) -> set[str]:
-        return {name for name in hparams if name in self._rules.keys or name in self._rules.attributes}
+        """Apply hyperparameters no rule covers (default: nothing; a warning names them)."""
 
     # -- Trainable ---------------------------------------------------------------------------
     def setup(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
-        self._warned: set[str] = set()
-        self._rules = _Hparams(self.optimizer_keys, self.attributes, self.on_hparams, type(self).__name__)
+        custom = type(self).on_hparams is not LightningTrainable.on_hparams  # else unapplied names get a warning
+        self._rules = _Hparams(self.optimizer_keys, self.attributes, self.on_hparams if custom else None,
+                               type(self).__name__)
         self.module = self.build(self.hparams)
         self._state: dict[str, list[Any]] | None = None  # optimizer/scheduler states between steps
         self.trainer: Any = None
