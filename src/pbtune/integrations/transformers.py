@@ -304,6 +304,7 @@ def search(
     from pbtune.config import RunConfig
     from pbtune.engine.local import summarize
     from pbtune.member import Member, Population
+    from pbtune.strategies import Ready
 
     if getattr(trainer, "model_init", None) is None:
         raise InvalidConfigError("model_init", "search", "set: Trainer(model_init=...) builds each member's model",
@@ -314,7 +315,7 @@ def search(
     root = os.path.join(trainer.args.output_dir, "pbtune")
     config = RunConfig(
         name=name, space=space, population=population, budget=_evaluations(trainer), mode=mode, metric=metric,
-        ready={"interval": ready_interval}, exploit=exploit, explore=explore, seed=seed,
+        ready=Ready(interval=ready_interval), exploit=exploit, explore=explore, seed=seed,
         storage=storage or f"sqlite:///{os.path.abspath(root)}/pbtune.db",
         checkpoints=checkpoints or os.path.join(root, "checkpoints"),
     )
