@@ -44,6 +44,7 @@ from pbtune.errors import (
     PBTuneError,
     StoreError,
 )
+from pbtune.server._service_rules import donor_to_wire
 from pbtune.server._wire import (
     ExploitRequest,
     ExploreRequest,
@@ -53,7 +54,7 @@ from pbtune.server._wire import (
     member_to_wire,
 )
 from pbtune.server.errors import ServerError
-from pbtune.server.service import PopulationService, donor_to_wire
+from pbtune.server.service import PopulationService
 
 __all__ = ["create_app", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
 

@@ -30,7 +30,6 @@ import math
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -38,8 +37,9 @@ from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import LeaseLostError, NotFoundError
 from pbtune.member import Donor, Member, Population
-from pbtune.ranking import best_member
-from pbtune.server._wire import PROTOCOL_VERSION, CheckpointSpec, float_to_wire, member_to_wire
+from pbtune.server._service_reads import CheckpointInfo, ServiceReads
+from pbtune.server._service_rules import already_reported, check_step_increases, fresh_token
+from pbtune.server._wire import CheckpointSpec
 from pbtune.server.errors import PopulationFullError, ServerError
 from pbtune.server.uploads import UploadArea
 from pbtune.space import Space
@@ -50,10 +50,7 @@ __all__ = ["PopulationService", "CheckpointInfo"]
 
 log = logging.getLogger(__name__)
 
-CheckpointInfo = dict[str, Any]
-
-
-class PopulationService:
+class PopulationService(ServiceReads):
     """One run of a store, served to remote members.
 
     Args:
@@ -248,7 +245,7 @@ class PopulationService:
                     return self.store.get_member(self.run_name, member_id), token
                 # a dead client's lease: taken over under a fresh token (never the dead client's,
                 # which would let both write), from the member's last checkpoint
-                fresh = token or _fresh_token()
+                fresh = token or fresh_token()
                 taken = self.store.claim(self.run_name, fresh, config.lease_seconds, config.budget,
                                          member_id=member_id)
                 if taken is None:  # its client heartbeat (or another rejoin won) just now
@@ -302,10 +299,10 @@ class PopulationService:
         with self._serialized(member_id):
             member, record = self._holder_handle(member_id, token)
             step = record.step + 1 if step is None else step
-            if _already_reported(record, step, metric, checkpoint is not None):
+            if already_reported(record, step, metric, checkpoint is not None):
                 result = record
             else:
-                _check_step_increases(record, step)
+                check_step_increases(record, step)
                 source = self._checkpoint_source(checkpoint)
                 member.report(step, metric, checkpoint=source, metrics=metrics)
                 self._decided.discard(member_id)
@@ -418,87 +415,5 @@ class PopulationService:
             self._decided.discard(member_id)
             return member.record
 
-    # -- reads -------------------------------------------------------------------------------
-    def member(self, member_id: int) -> MemberRecord:
-        self._check_member_id(member_id)
-        return self.store.get_member(self.run_name, member_id)
-
-    def checkpoint(self, member_id: int) -> CheckpointInfo | None:
-        """The member's current checkpoint as a verified local path (what parameters_path loads)."""
-        population = self._check_member_id(member_id)
-        record = self.store.get_member(self.run_name, member_id)
-        if record.checkpoint is None:
-            return None
-        path = population.checkpoints.fetch(record.checkpoint, record.checkpoint_sha256 or "")
-        is_dir = os.path.isdir(path)
-        return {
-            "path": path, "sha256": record.checkpoint_sha256, "step": record.checkpoint_step, "is_dir": is_dir,
-            "size": None if is_dir else os.path.getsize(path),
-        }
-
-    def info(self) -> dict[str, Any]:
-        config = self.config
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "run": self.run_name,
-            "created": config is not None,
-            "mode": config.mode if config else self.template.get("mode"),
-            "population": config.population if config else self.template.get("population"),
-            "budget": config.budget if config else self.template.get("budget"),
-            "ready_interval": config.ready.interval if config else None,
-            "lease_seconds": config.lease_seconds if config else self.template.get("lease_seconds"),
-            "space": config.space.to_config() if config else None,
-            "shared_roots": list(self.shared_roots),
-            "max_upload_bytes": self.uploads.max_bytes,
-        }
-
-    def population_view(self) -> dict[str, Any]:
-        """The live population: every member's state, step, score and hyperparameters."""
-        if self.config is None:
-            return {"run": self.run_name, "created": False, "members": [], "best": None}
-        members = self.store.list_members(self.run_name)
-        top = best_member(members, self.config.mode, self.config.ranking)
-        best = top.member_id if top is not None else None
-        return {
-            "run": self.run_name,
-            "created": True,
-            "mode": self.config.mode,
-            "population": self.config.population,
-            "budget": self.config.budget,
-            "best": best,
-            "time": self._clock(),
-            "members": [member_to_wire(m) for m in members],
-        }
-
     def close(self) -> None:
         self.store.close()
-
-
-def _already_reported(record: MemberRecord, step: int, metric: float, with_checkpoint: bool) -> bool:
-    """True when ``record`` already holds exactly this report (its answer was lost; it is retried)."""
-    if record.score_step != step or record.step != step or record.score is None:
-        return False
-    same = record.score == metric or (math.isnan(record.score) and math.isnan(metric))
-    return same and (not with_checkpoint or record.checkpoint_step == step)
-
-
-def _check_step_increases(record: MemberRecord, step: int) -> None:
-    """Steps only go forward: a report must be past the member's step (or at it, when that step
-    has no score yet, e.g. step 0 or a step rolled back to after a takeover)."""
-    if step < record.step or (step == record.step and record.score_step == step):
-        raise ServerError(
-            f"`step` of the report must be greater than member {record.member_id}'s last step {record.step}"
-            f" (steps only go forward); got {step}",
-            status=409, code="step_not_increasing",
-        )
-
-
-def _fresh_token() -> str:
-    return f"pbtune-{uuid.uuid4().hex}"
-
-
-def donor_to_wire(donor: Donor | None) -> dict[str, Any] | None:
-    if donor is None:
-        return None
-    return {"member_id": donor.member_id, "step": donor.step, "score": float_to_wire(donor.score),
-            "hparams": dict(donor.hparams)}
