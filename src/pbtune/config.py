@@ -31,7 +31,7 @@ from pbtune.strategies import (
     ready_from_config,
     strategy_config,
 )
-from pbtune.validation import check_int, check_number, is_number
+from pbtune.validation import check_bool, check_int, check_number, is_number
 
 __all__ = ["RunConfig", "load_config", "DEFAULT_DIR"]
 
@@ -82,6 +82,8 @@ class RunConfig:
             over a grid of the space; with ``exploit: none`` that is grid search).
         max_failures: failed members replaced per run (restarted from the best member's
             checkpoint with explored hyperparameters) before failures are final; 0: none.
+        sync: generational PBT: a member at a ready point waits until every member that has not
+            failed reached that step, and members are ranked at the same step.
         seed: seeds initial sampling and every decision.
         storage: SQLAlchemy URL of the population store.
         checkpoints: folder or fsspec URL of the checkpoint store.
@@ -107,6 +109,7 @@ class RunConfig:
     ranking: Ranking = field(default_factory=Ranking)
     init: str = "random"
     max_failures: int = 0
+    sync: bool = False
     seed: int = 0
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
     checkpoints: str = f"{DEFAULT_DIR}/checkpoints"
@@ -134,6 +137,7 @@ class RunConfig:
         self.explore = explore_from_config(self.explore)
         self.ranking = ranking_from_config(self.ranking)
         self.max_failures = _int(self.max_failures, "max_failures", 0)
+        self.sync = check_bool(self.sync, "sync", "config")
         if self.init not in INITS:
             raise InvalidConfigError("init", "config", f"one of {list(INITS)}", self.init)
         if self.checkpoint_interval is not None:
@@ -190,6 +194,7 @@ class RunConfig:
             "ranking": self.ranking.to_config(),
             "init": self.init,
             "max_failures": self.max_failures,
+            "sync": self.sync,
             "seed": self.seed,
             "storage": self.storage,
             "checkpoints": self.checkpoints,

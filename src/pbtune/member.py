@@ -29,7 +29,15 @@ from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
 from pbtune.initial import first_hparams
 from pbtune.resume import check_resumable
-from pbtune.round import ExploitPlan, ReadyCheck, decision_rng, explore_hparams, plan_member, plan_replacement
+from pbtune.round import (
+    ExploitPlan,
+    ReadyCheck,
+    decision_rng,
+    explore_hparams,
+    generation_waiting,
+    plan_member,
+    plan_replacement,
+)
 from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.types import MemberRecord, MemberState
 
@@ -101,6 +109,7 @@ class Member:
         self._pending: ExploitPlan | None = None
         self._explored: ExploitPlan | None = None  # the plan whose exploit was applied; explore() writes the rest
         self._loaded_path: str | None = None
+        self.waiting = False  # generational mode: the last should_exploit() waits for the generation
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -167,13 +176,18 @@ class Member:
 
         The decision is the round planner's (:func:`pbtune.round.plan_member`) on a fresh
         snapshot of the population. A ready check that decides to continue restarts the ready
-        interval.
+        interval. In generational mode (``sync``) a member whose generation is not complete
+        decides nothing yet: False, with :attr:`waiting` set (ask again later).
         """
         self._pending = None
+        self.waiting = False
         if not self._config.ready.is_ready(self._record):  # our own record is current: we wrote it
             return False
         snapshot = self._store.list_members(self.run)
         self._record = next(m for m in snapshot if m.member_id == self.member_id)
+        if generation_waiting(self._config, snapshot, self.member_id):
+            self.waiting = True
+            return False
         plan = plan_member(self._config, snapshot, self.member_id)
         if isinstance(plan, ExploitPlan):
             self._pending = plan

@@ -19,7 +19,7 @@ __all__ = ["RUN_DEFINING_FIELDS", "config_differences", "check_resumable"]
 
 RUN_DEFINING_FIELDS = (
     "space", "population", "budget", "mode", "metric", "ready", "exploit", "explore", "ranking", "init",
-    "max_failures", "seed", "keep_checkpoints", "checkpoint_interval", "trainable", "trainable_args",
+    "max_failures", "sync", "seed", "keep_checkpoints", "checkpoint_interval", "trainable", "trainable_args",
 )
 
 

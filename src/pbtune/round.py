@@ -42,7 +42,9 @@ __all__ = [
     "ExploitPlan",
     "Plan",
     "ReadyCheck",
+    "at_step",
     "decision_rng",
+    "generation_waiting",
     "explore_hparams",
     "plan_member",
     "plan_replacement",
@@ -103,6 +105,27 @@ class ExploitPlan:
 Plan = ReadyCheck | ExploitPlan
 
 
+def generation_waiting(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> bool:
+    """Generational mode (``sync``): True while a member that has not failed is behind this one's step
+    (this member must wait for its generation; failed members never hold it up)."""
+    if not config.sync:
+        return False
+    step = next(m.step for m in snapshot if m.member_id == member_id)
+    return any(m.step < step for m in snapshot if m.state is not MemberState.FAILED and not m.state.is_final)
+
+
+def at_step(members: Iterable[MemberRecord], step: int) -> list[MemberRecord]:
+    """The members as they were at ``step`` (their last score up to it, from their recent scores),
+    so a generation is ranked at one step even if some member is already past it."""
+    out = []
+    for m in members:
+        earlier = [(s, score) for s, score in m.recent if s <= step]
+        if m.step > step and earlier:
+            m = dataclasses.replace(m, step=earlier[-1][0], score=earlier[-1][1], recent=tuple(earlier))
+        out.append(m)
+    return out
+
+
 def ready_members(config: RunConfig, snapshot: Iterable[MemberRecord]) -> list[int]:
     """Ids of the members that reached a ready point (final members never are)."""
     return [m.member_id for m in snapshot if not m.state.is_final and config.ready.is_ready(m)]
@@ -131,6 +154,9 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
     vectorized engine's lockstep round); further members pick among the other donors, or
     continue. Raises ``KeyError`` for an id not in the snapshot.
     """
+    alive_steps = [m.step for m in snapshot if m.state is not MemberState.FAILED]
+    if config.sync and alive_steps:  # a generation is compared at one step
+        snapshot = at_step(snapshot, min(alive_steps))
     ranked = config.ranking.view(snapshot)  # strategies rank by the run's ranking score
     by_id = {m.member_id: m for m in ranked}
     population = [m for m in ranked if m.state is not MemberState.FAILED]

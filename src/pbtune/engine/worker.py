@@ -193,6 +193,11 @@ class Worker:
         step = member.step
         pending: list[ScorePoint] = []  # scores not yet written: one transaction per flush, not per step
         last_flush = time.monotonic()
+        if config.sync and step < config.budget and member.is_ready():  # released while its generation waited
+            decided = self._decide(member, trainable)
+            if decided is None:
+                return
+            trainable = decided
         while step < config.budget:
             metrics = trainable.step()
             step += 1
@@ -215,16 +220,34 @@ class Worker:
             pending, last_flush = [], time.monotonic()
             if checkpoint is None or step >= config.budget:
                 continue
-            exploit = member.should_exploit()
+            decided = self._decide(member, trainable)
             self.stats.decision_seconds.append(time.perf_counter() - started)
-            if exploit and member.exploit() is not None:
-                trainable = self._adopt(member, trainable)
+            if decided is None:
+                return
+            trainable = decided
             if self.time_share:
                 self._cached = (member.member_id, member.record.checkpoint, trainable)
                 member.pause()
                 return
         member.finish()
         self._cached = None
+
+    def _decide(self, member: Member, trainable: Trainable) -> Trainable | None:
+        """The member's ready point: exploit and explore if told to. In generational mode it first
+        waits for its generation; a time-sharing worker releases it meanwhile (None) to train the
+        members that are behind."""
+        exploit = member.should_exploit()
+        while member.waiting:
+            if self.time_share:
+                self._cached = (member.member_id, member.record.checkpoint, trainable)
+                member.pause()
+                time.sleep(self._poll)
+                return None
+            time.sleep(self._poll)
+            exploit = member.should_exploit()
+        if exploit and member.exploit() is not None:
+            trainable = self._adopt(member, trainable)
+        return trainable
 
     def _report(self, member: Member, step: int, score: float, **report: Any) -> None:
         """``member.report``, retried with backoff while the checkpoint store cannot be written
