@@ -13,6 +13,7 @@ from pbtune import Float  # noqa: E402
 from pbtune.checkpoints import CheckpointStore  # noqa: E402
 from pbtune.member import Population  # noqa: E402
 from pbtune.round import ExploitPlan, plan_round, ready_members  # noqa: E402
+from pbtune.store import open_store  # noqa: E402
 from pbtune.store.base import ScorePoint  # noqa: E402
 from pbtune.vectorized import loop, persistence  # noqa: E402
 from pbtune.vectorized.settings import make_settings  # noqa: E402
@@ -93,3 +94,22 @@ def test_member_and_vectorized_paths_make_the_same_round(tmp_path, copy_hparams)
         assert state.population.hparams[member_id] == plans_b[member_id].explored  # type: ignore[union-attr]
     untouched = next(i for i in range(len(SCORES)) if i not in exploited)
     assert all(torch.equal(state.population.member_state_dict(untouched)[k], v) for k, v in before[untouched].items())
+
+
+def test_the_vectorized_engine_takes_the_core_s_ranking_init_and_pb2(tmp_path):
+    pytest.importorskip("sklearn")
+    import pbtune.vectorized as pv
+
+    x, y = blobs(96)
+    xv, yv = blobs(60, seed=1)
+    result = pv.train(mlp, {"lr": Float(0.001, 1.0, log=True)}, population=6, data=(x, y), eval_data=(xv, yv),
+                      steps=6, ready={"interval": 2}, ranking={"window": 2}, init="grid", explore="pb2", name="core",
+                      storage=f"sqlite:///{tmp_path}/p.db", checkpoints=f"{tmp_path}/ck")
+    store = open_store(f"sqlite:///{tmp_path}/p.db")
+    stored = store.get_run("core").config
+    assert stored["ranking"] == {"window": 2} and stored["explore"]["name"] == "pb2"
+    assert result.best_smoothed_score == pytest.approx(result.ranking.score(result.best))
+    explores = [e.summary for e in store.events("core") if e.kind == "explore"]
+    assert explores and all("pb2" in s for s in explores)
+    first = [e.new_hparams["lr"] for e in store.events("core") if e.kind == "init"]
+    assert min(first) == pytest.approx(0.001) and max(first) == pytest.approx(1.0)  # init: grid spans the space

@@ -88,7 +88,8 @@ class VectorizedPBT:
         batches_per_step: minibatch updates per step; a step ends with an evaluation and a
             score, like one ``Trainable.step()`` of the process engine.
         steps: steps per member (the process engine's ``budget``).
-        ready / exploit / explore / mode / seed: as in :class:`~pbtune.config.RunConfig`.
+        ready / exploit / explore / mode / ranking / init / seed: as in :class:`~pbtune.config.RunConfig`
+            (the engine is generational by construction: every member steps in lockstep).
         name / storage / checkpoints: the run's name, population store URL and checkpoint folder.
         checkpoint: the population checkpoint file (``True``: ``<checkpoints>/<name>/population.pt``;
             ``False``: none). If it exists, the run resumes from it bit-for-bit.

@@ -15,6 +15,7 @@ from torch import nn
 
 from pbtune.config import DEFAULT_DIR, RunConfig
 from pbtune.errors import InvalidConfigError
+from pbtune.ranking import ranking_from_config
 from pbtune.space import Choice, Float, Int, Space
 from pbtune.strategies import exploit_from_config, explore_from_config, ready_from_config
 from pbtune.validation import check_int
@@ -97,6 +98,8 @@ def make_settings(
     exploit: Any = None,
     explore: Any = None,
     mode: str | None = None,
+    ranking: Any = None,
+    init: str = "random",
     seed: int = 0,
     name: str | None = None,
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db",
@@ -140,7 +143,7 @@ def make_settings(
         workers=1, mode=mode or metric_mode, ready=ready_from_config(ready if ready is not None else {"interval": 10}),
         exploit=exploit_from_config(exploit if exploit is not None else "truncation"),
         explore=explore_from_config(explore if explore is not None else "perturb_or_resample"), seed=seed,
-        storage=storage,
+        ranking=ranking_from_config(ranking), init=init, storage=storage,
         checkpoints=checkpoints, checkpoint_interval=checkpoint_interval,
     )
     if background_writes not in (None, True, False):
