@@ -10,7 +10,7 @@ ready interval, 2 CPUs, 1 CPU per trial, ``reuse_actors=True``. Lineages left: e
 carries its initial trial's id in its checkpoints, so a trial that copies a donor inherits the
 donor's root. Needs ``pip install 'ray[tune]'`` (not a pbtune dependency); without it the script
 says so and exits 0. Prints a table per method and paired differences against pbtune's
-random search; last line one JSON object.
+random search and (for Ray's methods) pbtune's PBT; last line one JSON object.
 
     python benchmarks/quality_raytune.py [--task toy] [--seeds 10] [--population 8] [--steps 20]
 """
@@ -18,6 +18,7 @@ random search; last line one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -97,7 +98,8 @@ def run_ray(method: str, task: Task, seed: int, population: int, steps: int) -> 
             run_config=tune.RunConfig(name="q", storage_path=storage, verbose=0,
                                       stop={"training_iteration": steps}),
         )
-        results = tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Ray's experiment boxes: keep stdout the table + JSON
+            results = tuner.fit()
         if results.errors:
             raise RuntimeError(f"{method}: {len(results.errors)} trials failed: {results.errors[0]}")
         best = results.get_best_result(metric="score", mode="max", scope="last")
@@ -154,17 +156,22 @@ def main() -> None:
         ray.shutdown()
     print(f"{task.name}: {task.describe}; population {args.population}, {steps} steps, ready every {task.interval}, "
           f"{args.seeds} seeds")
-    print(f"{'method':<10}{'test':>9}{'diff vs random':>20}{'W/T/L':>10}{'lineages':>10}")
+    print(f"{'method':<10}{'test':>9}{'diff vs random':>20}{'W/T/L':>10}{'diff vs pbtune pbt':>22}{'W/T/L':>10}"
+          f"{'lineages':>10}")
     out: dict[str, Any] = {"task": task.name, "population": args.population, "steps": steps, "seeds": args.seeds,
                            "ray": ray.__version__, "seconds": seconds, "load": os.getloadavg()[0], "methods": {}}
     for method, row in rows.items():
         mean = sum(row["test"]) / len(row["test"])
         lineages = sorted(row["lineages"])[len(row["lineages"]) // 2]
         diff = paired(row["test"], rows["random"]["test"], task.tie) if method != "random" else None
-        out["methods"][method] = {**row, "mean_test": mean, "median_lineages": lineages, "vs_random": diff}
-        text = f"{diff['mean']:+.4f} ± {diff['se']:.4f}" if diff else "(baseline)"
-        wtl = f"{diff['wins']}/{diff['ties']}/{diff['losses']}" if diff else ""
-        print(f"{method:<10}{mean:>9.4f}{text:>20}{wtl:>10}{lineages:>10}")
+        vs_pbt = paired(row["test"], rows["pbt"]["test"], task.tie) if method.startswith("ray") else None
+        out["methods"][method] = {**row, "mean_test": mean, "median_lineages": lineages, "vs_random": diff,
+                                  "vs_pbtune_pbt": vs_pbt}
+        cells = []
+        for d, empty in ((diff, "(baseline)"), (vs_pbt, "")):
+            cells.append(f"{d['mean']:+.4f} ± {d['se']:.4f}" if d else empty)
+            cells.append(f"{d['wins']}/{d['ties']}/{d['losses']}" if d else "")
+        print(f"{method:<10}{mean:>9.4f}{cells[0]:>20}{cells[1]:>10}{cells[2]:>22}{cells[3]:>10}{lineages:>10}")
     print(json.dumps(out))
 
 
