@@ -252,13 +252,20 @@ class Outcome:
     validation: float
     lineages: int
     best_is_truly_best: bool | None = None
-    seconds: float = 0.0
 
 
 def lineages_left(events: Any, members: Any) -> int:
     """Distinct root ancestors among the final (not failed) members, following exploits back."""
     roots = {ancestry(events, m.member_id, m.step)[0].member_id for m in members if m.state is not MemberState.FAILED}
     return len(roots)
+
+
+def _lineages(storage: str, result: pbtune.RunResult) -> int:
+    store = pbtune.open_store(storage)
+    try:
+        return lineages_left(store.events(result.run), result.members)
+    finally:
+        store.close()
 
 
 @dataclass(frozen=True)
@@ -297,9 +304,14 @@ def run_process(task: Task, variant: Mapping[str, Any], seed: int, population: i
     if spawn:
         result = pbtune.run(task.trainable, config, progress=False)
     else:
-        handle = pbtune.Population(config)
-        pbtune.Worker(config, task.trainable, time_share=True).run()  # type: ignore[arg-type]
-        result = summarize(config, handle.store, handle.checkpoints)
+        store = pbtune.open_store(config.storage)
+        try:
+            handle = pbtune.Population(config, store=store)
+            pbtune.Worker(config, task.trainable, time_share=True, store=store,  # type: ignore[arg-type]
+                          checkpoints=handle.checkpoints).run()
+            result = summarize(config, store, handle.checkpoints)
+        finally:
+            store.close()
     if result.checkpoint_path is None:
         raise pbtune.PBTuneError(f"the best member of {task.name} has no checkpoint")
     test = _restore(task, seed, result.best.hparams, result.checkpoint_path).test_metric()  # type: ignore[attr-defined]
@@ -311,8 +323,7 @@ def run_process(task: Task, variant: Mapping[str, Any], seed: int, population: i
             for m in result.members if m.state is not MemberState.FAILED and m.checkpoint
         ]
         truly = test >= max(tests)
-    events = pbtune.open_store(config.storage).events(config.name)
-    return Outcome(test, float(result.best.score or math.nan), lineages_left(events, result.members), truly)
+    return Outcome(test, float(result.best.score or math.nan), _lineages(config.storage, result), truly)
 
 
 def run_vectorized(task: Task, variant: Mapping[str, Any], seed: int, population: int, steps: int,
@@ -334,9 +345,8 @@ def run_vectorized(task: Task, variant: Mapping[str, Any], seed: int, population
     )
     model = make_mlp()
     model.load_state_dict(result.state_dict())
-    events = pbtune.open_store(result.storage).events(result.run)
     return Outcome(accuracy(model, x_test, y_test), float(result.best.score or math.nan),
-                   lineages_left(events, result.members))
+                   _lineages(result.storage, result))
 
 
 def run_task(task: Task, variant: Mapping[str, Any], seed: int, population: int, steps: int,
