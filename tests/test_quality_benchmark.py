@@ -72,3 +72,18 @@ def test_script_runs_one_tiny_task_and_its_json_holds_the_per_seed_figures() -> 
     assert (wins, ties, losses) == (sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs),
                                     sum(d < -1e-9 for d in diffs))
     assert "random" in proc.stdout and "diff vs random" in proc.stdout  # the readable table
+
+
+def test_a_method_the_installed_pbtune_rejects_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(quality.METHODS, "bogus", lambda steps: {"explore": "no-such-explore"})
+    monkeypatch.setitem(quality.METHODS, "new_field", lambda steps: {"no_such_field": True})
+    notes: list[str] = []
+    task = quality_tasks.TASKS["toy"]
+    for method in ("bogus", "new_field"):
+        out = quality.run_method(task, method, [0, 1], population=2, steps=2, log=notes.append)
+        assert set(out) == {"skipped"}
+    assert "InvalidConfigError" in quality.run_method(task, "bogus", [0], 2, 2, notes.append)["skipped"]
+    assert len(notes) == 3 and all("skipped" in note for note in notes)
+    rows = quality.summarize(task, {"random": {"test": [1.0], "validation": [1.0], "lineages": [2]},
+                                    "bogus": {"skipped": "x"}})
+    assert rows["bogus"] == {"skipped": "x"} and rows["random"]["mean_test"] == 1.0
