@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 import pbtune
-from pbtune.report.ancestry import ancestry
+from pbtune.ancestry import ancestry
 from pbtune.results import summarize
 from pbtune.types import MemberState
 
@@ -47,6 +47,14 @@ def _seed(*parts: Any) -> int:
     """A stable 63-bit seed from any JSON-able parts (Python's hash() is salted per process)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def _step_seed(trainable: Any) -> int:
+    """The noise of a step is a function of (run seed, hyperparameters, model age) only: never of
+    which worker ran it or when it was reloaded, so a member that never exploits trains exactly
+    as it does in random search (same seed), and a copier, with explored hyperparameters,
+    draws other noise than its donor."""
+    return _seed(trainable.args.get("seed", 0), trainable.hparams, trainable.updates)
 
 
 # -- the noisy quadratic -------------------------------------------------------------------------
@@ -66,25 +74,21 @@ class NoisyQuadratic(pbtune.Trainable):
         self.theta = np.ones(len(CURVATURES))
         self.updates = 0
         self.set_hparams(hparams)
-        self._reseed()
-
-    def _reseed(self) -> None:
-        # per member (its hyperparameters differ) and per segment, so a copier and its donor diverge
-        self.rng = np.random.default_rng(_seed(self.args.get("seed", 0), self.hparams, self.updates))
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
         self.lr = float(hparams["lr"])
 
     def step(self) -> Mapping[str, float]:
+        rng = np.random.default_rng(_step_seed(self))
         for _ in range(int(self.args.get("updates", 10))):
-            noise = np.sqrt(CURVATURES) * self.rng.standard_normal(len(CURVATURES))
+            noise = np.sqrt(CURVATURES) * rng.standard_normal(len(CURVATURES))
             self.theta = self.theta - self.lr * (CURVATURES * self.theta + noise)
             self.updates += 1
         truth = true_score(self.theta)
         if not math.isfinite(truth):
             truth = -1e6  # diverged (lr too large): worst, but finite
-        noisy = truth + float(self.args.get("eval_noise", 0.0)) * float(self.rng.standard_normal())
+        noisy = truth + float(self.args.get("eval_noise", 0.0)) * float(rng.standard_normal())
         return {"score": noisy, "true": truth}
 
     def test_metric(self) -> float:
@@ -100,7 +104,6 @@ class NoisyQuadratic(pbtune.Trainable):
             state = json.load(handle)
         self.theta = np.asarray(state["theta"], dtype=float)
         self.updates = int(state["updates"])
-        self._reseed()
 
 
 # -- digits with label noise ---------------------------------------------------------------------
@@ -151,12 +154,6 @@ class NoisyDigits(pbtune.Trainable):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
         self.updates = 0
         self.set_hparams(hparams)
-        self._reseed()
-
-    def _reseed(self) -> None:
-        import torch
-
-        self.generator = torch.Generator().manual_seed(_seed(self.args.get("seed", 0), self.hparams, self.updates))
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
@@ -168,8 +165,9 @@ class NoisyDigits(pbtune.Trainable):
         from torch.nn.functional import cross_entropy
 
         self.model.train()
+        generator = torch.Generator().manual_seed(_step_seed(self))
         for _ in range(int(self.args.get("batches", 20))):
-            index = torch.randint(len(self.x), (16,), generator=self.generator)
+            index = torch.randint(len(self.x), (16,), generator=generator)
             self.optimizer.zero_grad(set_to_none=True)
             cross_entropy(self.model(self.x[index]), self.y[index]).backward()
             self.optimizer.step()
@@ -191,7 +189,6 @@ class NoisyDigits(pbtune.Trainable):
         state = torch.load(path, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
-        self._reseed()
 
 
 # -- boosted trees -------------------------------------------------------------------------------
