@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 import pbtune
-from pbtune.ancestry import ancestry
 from pbtune.results import summarize
 from pbtune.types import MemberState
 
@@ -252,9 +251,29 @@ class Outcome:
 
 
 def lineages_left(events: Any, members: Any) -> int:
-    """Distinct root ancestors among the final (not failed) members, following exploits back."""
-    roots = {ancestry(events, m.member_id, m.step)[0].member_id for m in members if m.state is not MemberState.FAILED}
-    return len(roots)
+    """Distinct root ancestors among the final (not failed) members, following exploits back.
+
+    Computed forward in event order (each copy inherits the root its donor's copied checkpoint
+    had), so it needs no recursion; as in :mod:`pbtune.lineage`, a donor that itself exploited
+    at the very step whose checkpoint was copied gave its own earlier model when the copied key
+    is not the one its exploit produced. (``pbtune.ancestry.ancestry`` walks back by step only
+    and reports a cycle on such generational runs.)
+    """
+    history: dict[int, list[tuple[int, str | None, int]]] = {}  # member -> [(step, copy's key, root)]
+
+    def root_of(member: int, step: int, key: str | None) -> int:
+        root = member
+        for at, copy_key, copy_root in history.get(member, []):
+            if at > step or (at == step and None not in (key, copy_key) and copy_key != key):
+                break
+            root = copy_root
+        return root
+
+    for event in sorted(events, key=lambda e: e.id):
+        if event.kind == "exploit" and event.donor_id is not None and event.donor_step is not None:
+            root = root_of(event.donor_id, event.donor_step, event.donor_checkpoint)
+            history.setdefault(event.member_id, []).append((event.step, event.checkpoint, root))
+    return len({root_of(m.member_id, m.step, None) for m in members if m.state is not MemberState.FAILED})
 
 
 def _lineages(storage: str, result: pbtune.RunResult) -> int:

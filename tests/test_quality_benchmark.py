@@ -43,6 +43,20 @@ def test_lineages_left_follows_exploits_back_to_the_root() -> None:
     members = [MemberRecord("r", i, MemberState.FINISHED, 10, {}) for i in range(3)]
     assert quality_tasks.lineages_left(events, members) == 1
     assert quality_tasks.lineages_left(events[:3], members) == 3
+    # generational: at step 4, 0 copies 1's own checkpoint, then 1 copies 0's checkpoint from
+    # before 0's exploit (another key): a swap, two lineages, no cycle
+    swap = [
+        EventRecord(1, "r", 0, 0, "init", 0.0), EventRecord(2, "r", 1, 0, "init", 0.0),
+        EventRecord(3, "r", 0, 4, "exploit", 0.0, donor_id=1, donor_step=4, donor_checkpoint="m1-s4",
+                    checkpoint="m0-copy"),
+        EventRecord(4, "r", 1, 4, "exploit", 0.0, donor_id=0, donor_step=4, donor_checkpoint="m0-s4",
+                    checkpoint="m1-copy"),
+    ]
+    assert quality_tasks.lineages_left(swap, members[:2]) == 2
+    # the same, but 1 copies the model 0 got by its exploit: both descend from 1
+    swap[3] = EventRecord(4, "r", 1, 4, "exploit", 0.0, donor_id=0, donor_step=4, donor_checkpoint="m0-copy",
+                          checkpoint="m1-copy")
+    assert quality_tasks.lineages_left(swap, members[:2]) == 1
 
 
 def test_script_runs_one_tiny_task_and_its_json_holds_the_per_seed_figures() -> None:
