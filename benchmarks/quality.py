@@ -52,6 +52,7 @@ METHODS: dict[str, Callable[[int], dict[str, Any]]] = {
     "sync": lambda steps: {"sync": True},
     # not run by default: Ray Tune's truncation fraction (pbtune's default is 0.2)
     "pbt_q25": lambda steps: {"exploit": {"name": "truncation", "quantile": 0.25}},
+    "pbt_q25_cap": lambda steps: {"exploit": {"name": "truncation", "quantile": 0.25, "max_copies": 1}},
 }
 DEFAULT_METHODS = ("random", "pbt", "pbt_smooth", "pb2", "sync")
 BASELINE = "random"

@@ -55,3 +55,14 @@ def test_results_and_status_report_diversity(tmp_path: Path) -> None:
     assert set(result.diversity.spread) == {"lr"}
     shown = CliRunner().invoke(app, ["status", "d", "--storage", f"sqlite:///{tmp_path}/p.db"])
     assert shown.exit_code == 0 and f"{result.diversity.lineages}/4 lineages alive" in shown.output
+
+
+def test_members_that_copy_each_other_at_one_step_do_not_make_a_cycle() -> None:
+    from pbtune.ancestry import ancestry
+
+    # 1 copied 0 at step 4; later (same step, a later event) 0 copied 1's model, which was 0's own.
+    events = [EventRecord(5, "r", 1, 4, "exploit", 0.0, donor_id=0, donor_step=4),
+              EventRecord(6, "r", 0, 4, "exploit", 0.0, donor_id=1, donor_step=4)]
+    assert [s.member_id for s in ancestry(events, 0, 8)] == [0, 1, 0]
+    members = [MemberRecord("r", i, MemberState.RUNNING, 8, {"lr": 0.1}) for i in range(2)]
+    assert diversity(members, events).roots == (0,)

@@ -65,14 +65,16 @@ def ancestry(events: Iterable[EventRecord], member_id: int, step: int) -> list[S
             exploits.setdefault(event.member_id, []).append(event)
     chain: list[Segment] = []
     current, until = member_id, step
+    copied_before = float("inf")  # a donor's model is what it was when it was copied: its later exploits do not count
     for _ in range(100_000):  # a cycle would be a store bug; do not loop forever
-        pivots = [e for e in exploits.get(current, []) if e.step <= until]
+        pivots = [e for e in exploits.get(current, []) if e.step <= until and e.id < copied_before]
         if not pivots:
             chain.append(Segment(current, 0, until, 0))
             break
         pivot = pivots[-1]
         chain.append(Segment(current, pivot.step, until, 0))
         current, until = pivot.donor_id, pivot.donor_step  # type: ignore[assignment]
+        copied_before = pivot.id
     else:
         raise PBTuneError("lineage has a cycle")
     chain.reverse()
