@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pbtune.config import RunConfig
+from pbtune.engine import _zygote
 from pbtune.engine.trainable import Trainable
 from pbtune.engine.worker import Worker, load_trainable
-from pbtune.errors import PBTuneError
+from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.member import Population
 from pbtune.results import RunResult, summarize
 from pbtune.store.base import PopulationStore
@@ -66,20 +68,22 @@ def run(
     if target is None:
         raise PBTuneError("no trainable: pass one to run() or set `trainable` in the config")
     if isinstance(target, str):
-        load_trainable(target)  # fail here, not in every worker
+        _check_reference(target)  # a typo fails here; importing it is the workers' job
+    reference = target if isinstance(target, str) else _zygote.trainable_reference(target)
+    # Workers fork from a warm zygote that imported the trainable by name; it starts now, while
+    # this process opens the store. Spawn is the fallback (no fork, or a class without a name).
+    zygote = _zygote.zygote_for(reference) if reference is not None and hasattr(os, "fork") else None
     population = Population(config, initial=initial)
-    context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
-    restarts_left = 3 * config.workers if max_restarts is None else max_restarts
-    config_dict = config.to_dict()
-
-    def start(index: int) -> mp.process.BaseProcess:
-        worker_id = f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}"
-        proc = context.Process(target=worker_main, args=(config_dict, target, worker_id), daemon=True)
-        proc.start()
-        return proc
-
     if all(m.state.is_final for m in population.members()):  # resumed a finished run
         return summarize(config, population.store, population.checkpoints)
+    if zygote is not None and (error := zygote.wait_ready()) is not None:
+        zygote = _zygote_failed(target, error)
+    restarts_left = 3 * config.workers if max_restarts is None else max_restarts
+    launch = _launcher(zygote, reference, target, config.to_dict())
+
+    def start(index: int) -> Any:
+        return launch(f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}")
+
     procs = [start(i) for i in range(config.workers)]
     watchers: list[Monitor] = ([display] if display is not None else []) + list(monitors)
     try:
@@ -115,6 +119,50 @@ def run(
             watcher.update(population.store, config)
             watcher.close()
     return summarize(config, population.store, population.checkpoints)
+
+
+def _check_reference(target: str) -> None:
+    """Fail early on a trainable that cannot be found, without importing it (seconds for torch)."""
+    path, sep, attr = target.rpartition(":")
+    try:
+        found = os.path.isfile(path) if path.endswith(".py") else importlib.util.find_spec(path) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not sep or not path or not attr or not found:
+        load_trainable(target)  # raises the precise InvalidConfigError
+
+
+def _zygote_failed(target: type[Trainable] | str, error: str) -> _zygote.Zygote | None:
+    """The zygote could not import the trainable: raise that here, or fall back to spawn for a class."""
+    if isinstance(target, str):
+        load_trainable(target)  # raises the precise error in this process
+        raise InvalidConfigError("trainable", "config", f"importable by the workers ({error.strip()})", target)
+    log.warning("workers cannot import %r by name; spawning them instead:\n%s", target, error)
+    return None
+
+
+def _launcher(
+    zygote: _zygote.Zygote | None, reference: str | None, target: type[Trainable] | str, config: Mapping[str, Any]
+) -> Callable[[str], Any]:
+    """Start one worker by id: forked by the warm zygote, else a spawned process."""
+    if zygote is not None and reference is not None:
+        ref = reference
+
+        def fork(worker_id: str) -> Any:
+            current = _zygote.zygote_for(ref)  # the same one, or a new one if it died
+            if current.wait_ready() is not None:
+                raise PBTuneError(f"workers can no longer import {ref!r}: {current.wait_ready()}")
+            return current.start((config, ref, worker_id))
+
+        return fork
+    context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
+
+    def spawn(worker_id: str) -> Any:
+        proc = context.Process(target=worker_main, args=(config, target, worker_id), daemon=True)
+        proc.start()
+        return proc
+
+    return spawn
 
 
 class Monitor(Protocol):
