@@ -68,9 +68,15 @@ class WorkerProcess:
         self._exited.wait(timeout)
 
     def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
         if self.is_alive():
             try:
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, signum)
             except ProcessLookupError:
                 pass
 
