@@ -6,7 +6,8 @@ from its start to its exit, as a user sees it:
 
 (a) bare: one process trains the 8 members one after the other (``DigitsMLP`` directly, no PBT).
 (b) script: ``python examples/digits_mlp.py`` (``pbtune.run``, process engine, 2 workers).
-(c) cli: ``pbtune run examples/digits_mlp.yaml --quiet`` (the same run from the command line).
+(c) cli: ``pbtune run examples/digits_mlp.yaml --quiet`` (the same run from the command line, as
+    ``python -m pbtune``: what the console script runs).
 (d) vectorized: ``pbtune.vectorized.train`` on the same model and space, 1 torch thread.
 (e) warm: a second ``pbtune.run`` in a process that already ran one (workers kept warm),
     timed from the call to its return, against (a)'s training time without start-up.
@@ -114,14 +115,19 @@ CHILDREN = {"bare": child_bare, "vectorized": child_vectorized, "warm": child_wa
 
 
 # -- the parent: one fresh process per measurement ---------------------------------------------------
-def _command(way: str) -> list[str]:
+def pbtune_command(src: str) -> list[str]:
+    """The `pbtune` command of the pbtune in ``src``: what its console script runs (an older
+    pbtune without ``__main__`` ran ``pbtune.cli:app``)."""
+    if os.path.exists(os.path.join(src, "pbtune", "__main__.py")):
+        return [sys.executable, "-m", "pbtune"]
+    return [sys.executable, "-c", "from pbtune.cli import app; app()"]
+
+
+def _command(way: str, src: str) -> list[str]:
     if way == "script":
         return [sys.executable, os.path.join(EXAMPLES, "digits_mlp.py")]
     if way == "cli":
-        console_script = os.path.join(os.path.dirname(sys.executable), "pbtune")
-        if os.path.exists(console_script):
-            return [console_script, "run", CONFIG, "--quiet"]
-        return [sys.executable, "-c", "from pbtune.cli import app; app()", "run", CONFIG, "--quiet"]
+        return pbtune_command(src) + ["run", CONFIG, "--quiet"]
     return [sys.executable, os.path.abspath(__file__), "--child", way]
 
 
@@ -137,7 +143,7 @@ def measure(way: str, src: str) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     try:
         cpu, started = _cpu_seconds(), time.perf_counter()
-        done = subprocess.run(_command(way), capture_output=True, text=True, cwd=workdir, env=env, timeout=1800)
+        done = subprocess.run(_command(way, src), capture_output=True, text=True, cwd=workdir, env=env, timeout=1800)
         wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["WorkerProcess", "Zygote", "zygote_for", "trainable_reference", "close_zygote"]
+__all__ = ["WorkerProcess", "Zygote", "zygote_for", "prestart", "trainable_reference", "close_zygote"]
 
 # Modules the zygote imports after the trainable when torch is in use: torch.optim's first
 # optimizer imports torch._dynamo (seconds); torch offers no supported switch to skip it.
@@ -88,12 +88,12 @@ class WorkerProcess:
 class Zygote:
     """The driver's handle on one zygote process (see the module's docstring)."""
 
-    def __init__(self, trainable: str) -> None:
-        self.trainable = trainable
-        self.key = _key(trainable)
+    def __init__(self, trainable: str | None) -> None:
+        self.trainable: str | None = None
+        self.key: tuple[Any, ...] = (None, _place())
         request_r, self._request_w = os.pipe()
         self._events_r, events_w = os.pipe()
-        setup = json.dumps({"trainable": trainable, "sys_path": sys.path, "torch_preload": TORCH_PRELOAD})
+        setup = json.dumps({"sys_path": sys.path, "torch_preload": TORCH_PRELOAD})
         code = f"from pbtune.engine._zygote import serve; serve({request_r}, {events_w}, {setup!r})"
         self._process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(request_r, events_w))
         os.close(request_r)
@@ -108,6 +108,13 @@ class Zygote:
         self._reply = threading.Condition(self._lock)
         self._reader = threading.Thread(target=self._read_events, daemon=True, name="pbtune-zygote-events")
         self._reader.start()
+        if trainable is not None:
+            self.load(trainable)
+
+    def load(self, trainable: str) -> None:
+        """Have the zygote import ``trainable`` (once; :meth:`wait_ready` says how that went)."""
+        self.trainable, self.key = trainable, _key(trainable)
+        os.write(self._request_w, (json.dumps({"op": "load", "trainable": trainable}) + "\n").encode())
 
     def wait_ready(self) -> str | None:
         """Block until the zygote has imported the trainable; the error text if it could not."""
@@ -123,8 +130,8 @@ class Zygote:
             request_id = self._next_id
             self._next_id += 1
             config, trainable, worker_id = target_args
-            line = json.dumps({"id": request_id, "config": config, "trainable": trainable, "worker_id": worker_id,
-                               "env": dict(os.environ)}) + "\n"
+            line = json.dumps({"op": "start", "id": request_id, "config": config, "trainable": trainable,
+                               "worker_id": worker_id, "env": dict(os.environ)}) + "\n"
             os.write(self._request_w, line.encode())
             while request_id not in self._started:
                 if self._gone:
@@ -181,6 +188,10 @@ class Zygote:
             self._reply.notify_all()
 
 
+def _place() -> tuple[Any, ...]:
+    return (sys.executable, tuple(sys.path), os.getcwd())
+
+
 def _key(trainable: str) -> tuple[Any, ...]:
     """What a warm zygote must share with a run to serve it: the code it imported and where from."""
     path = trainable.rpartition(":")[0]
@@ -188,7 +199,7 @@ def _key(trainable: str) -> tuple[Any, ...]:
         mtime = os.stat(path).st_mtime_ns if path.endswith(".py") else None
     except OSError:
         mtime = None
-    return (trainable, mtime, sys.executable, tuple(sys.path), os.getcwd())
+    return ((trainable, mtime), _place())
 
 
 _current: Zygote | None = None
@@ -199,12 +210,22 @@ def zygote_for(trainable: str) -> Zygote:
     """The warm zygote for ``trainable``, started if needed (one at a time per driver process)."""
     global _current
     with _current_lock:
+        if _current is not None and _current.alive() and _current.key == (None, _place()):
+            _current.load(trainable)  # a prestarted one: it has imported pbtune's worker meanwhile
         if _current is not None and (_current.key != _key(trainable) or not _current.alive()):
             _current.close()
             _current = None
         if _current is None:
             _current = Zygote(trainable)
         return _current
+
+
+def prestart() -> None:
+    """Start a zygote before the trainable is known (``pbtune run``: while the CLI imports)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = Zygote(None)
 
 
 def close_zygote() -> None:
@@ -225,22 +246,29 @@ def _send(fd: int, event: Mapping[str, Any]) -> None:
 
 
 def serve(request_fd: int, events_fd: int, setup_json: str) -> None:
-    """The zygote's main loop: import, then fork a worker per request until the pipe closes."""
+    """The zygote's main loop: import pbtune's worker, then the trainable named by the first
+    request, then fork a worker per request until the pipe closes."""
     setup = json.loads(setup_json)
     sys.path[:] = setup["sys_path"]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which closes our pipe
     try:
         from pbtune.engine.local import worker_main
         from pbtune.engine.worker import load_trainable
-
-        load_trainable(setup["trainable"])
-        if "torch" in sys.modules:
-            for name in setup["torch_preload"]:
-                __import__(name)
-    except BaseException:  # reported to the driver, which raises the error itself
+    except BaseException:
         _send(events_fd, {"ready": True, "error": traceback.format_exc()})
         os._exit(1)
-    _send(events_fd, {"ready": True})
+
+    def load(trainable: str) -> None:
+        try:
+            load_trainable(trainable)
+            if "torch" in sys.modules:
+                for name in setup["torch_preload"]:
+                    __import__(name)
+        except BaseException:  # reported to the driver, which raises the error itself
+            _send(events_fd, {"ready": True, "error": traceback.format_exc()})
+            os._exit(1)
+        _send(events_fd, {"ready": True})
+
     children: set[int] = set()
     pending = b""
     while True:
@@ -253,6 +281,9 @@ def serve(request_fd: int, events_fd: int, setup_json: str) -> None:
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
                 request = json.loads(line)
+                if request["op"] == "load":
+                    load(request["trainable"])
+                    continue
                 try:
                     pid = os.fork()
                 except OSError as exc:
