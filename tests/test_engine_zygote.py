@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,33 @@ def test_a_trainable_the_zygote_cannot_load_fails_in_the_driver(
         pbtune.run(f"{broken}:Nothing", name="b", progress=False, population=2, budget=2,
                    space={"x": {"type": "float", "low": 0.1, "high": 1.0}},
                    storage=f"sqlite:///{tmp_path}/b.db", checkpoints=str(tmp_path / "ck"))
+
+
+def test_concurrent_runs_of_different_trainables_keep_their_own_workers(tmp_path: Path) -> None:
+    import threading
+
+    import pbtune
+
+    outcome: dict[str, Any] = {}
+
+    def drive(name: str, trainable: str) -> None:
+        try:
+            outcome[name] = pbtune.run(
+                trainable, name=name, progress=False, population=3, workers=1, budget=8, ready={"interval": 4},
+                space={"x": {"type": "float", "low": 0.1, "high": 1.0}, "lr": {"type": "float", "low": 0.01,
+                                                                               "high": 0.1}},
+                trainable_args={"step_seconds": 0.01} if name == "quadratic" else {},
+                storage=f"sqlite:///{tmp_path}/{name}.db", checkpoints=str(tmp_path / f"ck-{name}"))
+        except BaseException as exc:  # surfaced below
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=drive, args=("quadratic", "pbtune.testing.trainables:Quadratic")),
+               threading.Thread(target=drive, args=("counter", "pbtune.testing.trainables:Counter"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    for name in ("quadratic", "counter"):
+        assert not isinstance(outcome[name], BaseException), outcome[name]
+        members = pbtune.open_store(f"sqlite:///{tmp_path}/{name}.db").list_members(name)
+        assert [m.step for m in members] == [8, 8, 8]

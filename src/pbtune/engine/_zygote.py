@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["WorkerProcess", "Zygote", "zygote_for", "prestart", "trainable_reference", "close_zygote"]
+__all__ = ["WorkerProcess", "Zygote", "close_zygote", "prestart", "release", "trainable_reference", "zygote_for"]
 
 # Modules the zygote imports after the trainable when torch is in use: torch.optim's first
 # optimizer imports torch._dynamo (seconds); torch offers no supported switch to skip it.
@@ -91,6 +91,7 @@ class Zygote:
     def __init__(self, trainable: str | None) -> None:
         self.trainable: str | None = None
         self.key: tuple[Any, ...] = (None, _place())
+        self.users = 0  # runs holding it (see zygote_for)
         request_r, self._request_w = os.pipe()
         self._events_r, events_w = os.pipe()
         setup = json.dumps({"sys_path": sys.path, "torch_preload": TORCH_PRELOAD})
@@ -202,39 +203,59 @@ def _key(trainable: str) -> tuple[Any, ...]:
     return ((trainable, mtime), _place())
 
 
-_current: Zygote | None = None
-_current_lock = threading.Lock()
+# Zygotes of this process by key. A run holds its zygote (``users``) until it returns; at most
+# one idle zygote is kept warm, so concurrent runs of different trainables never share or close
+# each other's.
+_zygotes: dict[tuple[Any, ...], Zygote] = {}
+_zygotes_lock = threading.Lock()
 
 
 def zygote_for(trainable: str) -> Zygote:
-    """The warm zygote for ``trainable``, started if needed (one at a time per driver process)."""
-    global _current
-    with _current_lock:
-        if _current is not None and _current.alive() and _current.key == (None, _place()):
-            _current.load(trainable)  # a prestarted one: it has imported pbtune's worker meanwhile
-        if _current is not None and (_current.key != _key(trainable) or not _current.alive()):
-            _current.close()
-            _current = None
-        if _current is None:
-            _current = Zygote(trainable)
-        return _current
+    """Hold the warm zygote for ``trainable``, started if needed; give it back with :func:`release`."""
+    with _zygotes_lock:
+        key = _key(trainable)
+        generic = _zygotes.get((None, _place()))
+        if key not in _zygotes and generic is not None and generic.alive():
+            del _zygotes[generic.key]  # a prestarted one: it has imported pbtune's worker meanwhile
+            generic.load(trainable)
+            _zygotes[key] = generic
+        zygote = _zygotes.get(key)
+        if zygote is not None and not zygote.alive():
+            del _zygotes[key]
+            if zygote.users == 0:
+                zygote.close()
+            zygote = None
+        if zygote is None:
+            zygote = _zygotes[key] = Zygote(trainable)
+        zygote.users += 1
+        for other_key, other in list(_zygotes.items()):
+            if other is not zygote and other.users == 0:
+                del _zygotes[other_key]
+                other.close()
+        return zygote
+
+
+def release(zygote: Zygote) -> None:
+    """A run is done with ``zygote``: it stays warm for the next run of the same trainable."""
+    with _zygotes_lock:
+        zygote.users -= 1
+        if zygote.users == 0 and _zygotes.get(zygote.key) is not zygote:
+            zygote.close()  # replaced meanwhile (it died, or its trainable's file changed)
 
 
 def prestart() -> None:
     """Start a zygote before the trainable is known (``pbtune run``: while the CLI imports)."""
-    global _current
-    with _current_lock:
-        if _current is None:
-            _current = Zygote(None)
+    with _zygotes_lock:
+        if (None, _place()) not in _zygotes:
+            _zygotes[(None, _place())] = Zygote(None)
 
 
 def close_zygote() -> None:
-    """Stop the warm zygote, if any (runs at interpreter exit)."""
-    global _current
-    with _current_lock:
-        if _current is not None:
-            _current.close()
-            _current = None
+    """Stop every zygote of this process (runs at interpreter exit)."""
+    with _zygotes_lock:
+        for zygote in _zygotes.values():
+            zygote.close()
+        _zygotes.clear()
 
 
 atexit.register(close_zygote)

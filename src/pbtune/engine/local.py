@@ -72,14 +72,32 @@ def run(
     reference = target if isinstance(target, str) else _zygote.trainable_reference(target)
     # Workers fork from a warm zygote that imported the trainable by name; it starts now, while
     # this process opens the store. Spawn is the fallback (no fork, or a class without a name).
-    zygote = _zygote.zygote_for(reference) if reference is not None and hasattr(os, "fork") else None
+    held = [_zygote.zygote_for(reference)] if reference is not None and hasattr(os, "fork") else []
+    try:
+        return _run(config, target, reference, held, display, max_restarts, monitors, initial)
+    finally:
+        for zygote in held:
+            _zygote.release(zygote)
+
+
+def _run(
+    config: RunConfig,
+    target: type[Trainable] | str,
+    reference: str | None,
+    held: list[_zygote.Zygote],
+    display: Monitor | None,
+    max_restarts: int | None,
+    monitors: Sequence[Monitor],
+    initial: Sequence[Mapping[str, Any]],
+) -> RunResult:
     population = Population(config, initial=initial)
     if all(m.state.is_final for m in population.members()):  # resumed a finished run
         return summarize(config, population.store, population.checkpoints)
-    if zygote is not None and (error := zygote.wait_ready()) is not None:
-        zygote = _zygote_failed(target, error)
+    if held and (error := held[0].wait_ready()) is not None:
+        _zygote_failed(target, error)
+        _zygote.release(held.pop())
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
-    launch = _launcher(zygote, reference, target, config.to_dict())
+    launch = _launcher(held, reference, target, config.to_dict())
 
     def start(index: int) -> Any:
         return launch(f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}")
@@ -132,27 +150,28 @@ def _check_reference(target: str) -> None:
         load_trainable(target)  # raises the precise InvalidConfigError
 
 
-def _zygote_failed(target: type[Trainable] | str, error: str) -> _zygote.Zygote | None:
+def _zygote_failed(target: type[Trainable] | str, error: str) -> None:
     """The zygote could not import the trainable: raise that here, or fall back to spawn for a class."""
     if isinstance(target, str):
         load_trainable(target)  # raises the precise error in this process
         raise InvalidConfigError("trainable", "config", f"importable by the workers ({error.strip()})", target)
     log.warning("workers cannot import %r by name; spawning them instead:\n%s", target, error)
-    return None
 
 
 def _launcher(
-    zygote: _zygote.Zygote | None, reference: str | None, target: type[Trainable] | str, config: Mapping[str, Any]
+    held: list[_zygote.Zygote], reference: str | None, target: type[Trainable] | str, config: Mapping[str, Any]
 ) -> Callable[[str], Any]:
-    """Start one worker by id: forked by the warm zygote, else a spawned process."""
-    if zygote is not None and reference is not None:
+    """Start one worker by id: forked by the run's zygote (``held``), else a spawned process."""
+    if held and reference is not None:
         ref = reference
 
         def fork(worker_id: str) -> Any:
-            current = _zygote.zygote_for(ref)  # the same one, or a new one if it died
-            if current.wait_ready() is not None:
-                raise PBTuneError(f"workers can no longer import {ref!r}: {current.wait_ready()}")
-            return current.start((config, ref, worker_id))
+            if not held[0].alive():  # it died: hold a new one
+                old, held[0] = held[0], _zygote.zygote_for(ref)
+                _zygote.release(old)
+            if (error := held[0].wait_ready()) is not None:
+                raise PBTuneError(f"workers can no longer import {ref!r}: {error}")
+            return held[0].start((config, ref, worker_id))
 
         return fork
     context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
