@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # `test` installs every extra its tests exercise; optional ones skip with a reason when absent.
-TEST_EXTRAS ?= dev,torch,server,report,mlflow,postgres,s3,ray,examples
+TEST_EXTRAS ?= dev,torch,server,report,mlflow,postgres,s3,ray,examples,lightning,transformers,keras,wandb
 
 .PHONY: install demo test test-slow lint bench clean
 

@@ -46,10 +46,13 @@ class DigitsMLP(pbtune.Trainable):
         self.batch_size = int(self.args.get("batch_size", 64))
         self.batches_per_step = int(self.args.get("batches_per_step", 10))
         self.x, self.y, self.x_val, self.y_val = digits_split()
-        self.model = make_mlp(int(self.args.get("hidden", 128)))
+        # The runner gives each member its own seed (self.seed): own initial weights, own data order.
+        seed = self.seed if self.seed is not None else int(self.args.get("seed", 0))
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.model = make_mlp(int(self.args.get("hidden", 128)))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
         self.set_hparams(hparams)
-        seed = int(self.args.get("seed", 0))
         self.generator = torch.Generator().manual_seed(seed)
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -78,7 +81,7 @@ class DigitsMLP(pbtune.Trainable):
     def save(self, path: str) -> None:
         buffer = io.BytesIO()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "rng": self.generator.get_state()}
+                 "rng": self.generator.get_state(), "member": self.member_id}
         torch.save(state, buffer)
         with open(path, "wb") as handle:
             handle.write(buffer.getvalue())
@@ -88,7 +91,10 @@ class DigitsMLP(pbtune.Trainable):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])  # this brings back the saver's lr...
         self.set_hparams(self.hparams)  # ...so re-apply ours (after an exploit: the explored ones)
-        self.generator.set_state(state["rng"])
+        if state.get("member") == self.member_id:  # our own checkpoint (a resume): the same data order goes on
+            self.generator.set_state(state["rng"])
+        elif self.seed is not None:  # a donor's (an exploit): our own new seed, so we draw other batches
+            self.generator.manual_seed(self.seed)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,16 @@ SPACE = {"lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}
         ({"keep_checkpoints": 0}, "keep_checkpoints"),
         ({"trainable": "no_colon"}, "trainable"),
         ({"lease_seconds": -1}, "lease_seconds"),
+        # issue 14 item 10
+        ({"lease_seconds": float("inf")}, "lease_seconds"),
+        ({"lease_seconds": float("nan")}, "lease_seconds"),
+        ({"explore": {"name": "perturb", "factors": [0.8, float("inf")]}}, "factors"),
+        ({"explore": {"name": "perturb_or_resample", "factors": [float("nan")]}}, "factors"),
+        ({"name": "n" * 101}, "name"),
+        ({"name": "\u00e9" * 101}, "name"),
+        ({"name": "ab\ncd"}, "name"),
+        ({"storage": "mysqlx://user:secret@host/db"}, "storage"),
+        ({"storage": "foo://x"}, "storage"),
     ],
 )
 def test_bad_fields_are_named(overrides: dict, field: str) -> None:
@@ -71,3 +81,27 @@ def test_invalid_json_is_reported(tmp_path: Path) -> None:
     path.write_text("{name: ")
     with pytest.raises(InvalidConfigError, match="valid JSON"):
         load_config(str(path))
+
+
+def test_invalid_yaml_is_a_clear_error_with_its_position(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nspace: {lr: [1, 2\npopulation: 4\n")
+    with pytest.raises(InvalidConfigError, match=r"`yaml` of .* must be valid YAML \(.*line \d+"):
+        load_config(str(path))
+
+
+def test_unknown_storage_scheme_never_echoes_the_password() -> None:
+    with pytest.raises(InvalidConfigError) as info:
+        RunConfig(name="x", space=SPACE, storage="mysqlx://user:hunter2@host/db")
+    assert "hunter2" not in str(info.value) and "mysqlx://" in str(info.value)
+
+
+def test_a_name_at_the_limit_is_taken() -> None:
+    assert RunConfig(name="n" * 100, space=SPACE).name == "n" * 100
+
+
+def test_store_refuses_an_unknown_url_scheme_with_a_clear_error() -> None:
+    from pbtune.store import open_store
+
+    with pytest.raises(InvalidConfigError, match="`storage` of `population store`"):
+        open_store("foo://nowhere/db")

@@ -67,3 +67,32 @@ def test_digits_vectorized_example_trains_records_and_saves_the_best_member(tmp_
     with torch.no_grad():
         accuracy = (model(x_val).argmax(dim=1) == y_val).float().mean().item()
     assert accuracy == pytest.approx(result.best.score, abs=1e-6)
+
+
+def test_digits_copier_and_donor_draw_different_batches_after_an_exploit(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from pbtune.engine.trainable import member_seed
+
+    digits = _load("digits_mlp")
+    hparams = {"lr": 0.05, "momentum": 0.5}
+
+    def trainable(member_id: int, step: int):  # type: ignore[no-untyped-def]
+        made = digits.DigitsMLP(batches_per_step=2)
+        made.member_id, made.seed = member_id, member_seed(0, member_id, step)
+        made.setup(hparams)
+        return made
+
+    donor = trainable(1, 0)
+    donor.step()
+    path = str(tmp_path / "donor.pt")
+    donor.save(path)
+    copier = trainable(0, 1)  # member 0 exploits member 1 at step 1
+    copier.load(path)
+    resumed = trainable(1, 1)  # member 1 itself, resumed from its own checkpoint
+    resumed.load(path)
+    draw = lambda t: torch.randint(1000, (8,), generator=t.generator).tolist()  # noqa: E731
+    after_donor, after_copier, after_resume = draw(donor), draw(copier), draw(resumed)
+    assert after_copier != after_donor  # the copy explores other minibatches
+    assert after_resume == after_donor  # a resume continues the member's own data order
+    for name, value in donor.model.state_dict().items():  # with the donor's weights
+        assert torch.equal(copier.model.state_dict()[name], value)

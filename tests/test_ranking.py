@@ -8,7 +8,7 @@ import pytest
 
 from pbtune.config import RunConfig
 from pbtune.errors import PBTuneError
-from pbtune.ranking import best_member, fitness, is_better, ranked
+from pbtune.ranking import Ranking, best_member, fitness, is_better, ranked
 from pbtune.results import require_best
 from pbtune.types import MemberRecord, MemberState
 
@@ -43,3 +43,45 @@ def test_non_finite_scores_rank_worst_in_either_direction() -> None:
     for mode in ("max", "min"):
         assert fitness(math.nan, mode) == fitness(math.inf, mode) == fitness(None, mode) == -math.inf
         assert is_better(0.0, math.nan, mode) and not is_better(math.inf, 0.0, mode)
+
+
+def _noisy(member_id: int, recent: tuple[float, ...], state: MemberState = MemberState.RUNNING) -> MemberRecord:
+    return MemberRecord("r", member_id, state, len(recent), {}, score=recent[-1],
+                        recent=tuple((step + 1, s) for step, s in enumerate(recent)), checkpoint=f"k{member_id}")
+
+
+def test_a_smoothed_ranking_crowns_the_consistently_good_member_not_the_lucky_one() -> None:
+    steady, lucky = _noisy(0, (0.8, 0.81, 0.79, 0.8)), _noisy(1, (0.2, 0.3, 0.25, 0.95))
+    assert best_member([steady, lucky], "max").member_id == 1  # type: ignore[union-attr]  # raw: the luckiest
+    rule = Ranking(window=3)
+    assert best_member([steady, lucky], "max", rule).member_id == 0  # type: ignore[union-attr]
+    assert rule.score(lucky) == pytest.approx((0.3 + 0.25 + 0.95) / 3)
+    assert Ranking(window=8).score(steady) == pytest.approx(0.8)  # fewer reports than the window: their mean
+    assert math.isnan(Ranking(window=2).score(_noisy(2, (0.5, math.nan, 0.9))))  # a NaN in the window ranks worst
+    assert [m.score for m in rule.view([steady])] == [pytest.approx(0.8)]
+
+
+def test_ranking_config_forms_and_validation() -> None:
+    from pbtune.errors import InvalidConfigError
+    from pbtune.ranking import ranking_from_config
+
+    assert ranking_from_config(None) == Ranking() == ranking_from_config(1)
+    assert ranking_from_config({"window": 4}) == Ranking(window=4)
+    for bad in (0, True, {"window": 99}, {"span": 2}, "mean"):
+        with pytest.raises(InvalidConfigError, match="window|span|ranking"):
+            ranking_from_config(bad)
+    cfg = RunConfig(name="r", space={"x": {"type": "float", "low": 0, "high": 1}}, ranking={"window": 3})
+    assert cfg.to_dict()["ranking"] == {"window": 3} and RunConfig.from_dict(cfg.to_dict()).ranking == cfg.ranking
+
+
+def test_the_planner_ranks_by_the_smoothed_score() -> None:
+    from pbtune.round import ExploitPlan, plan_round
+
+    members = [_noisy(0, (0.1, 0.1, 0.1, 0.1)), _noisy(1, (0.9, 0.9, 0.9, 0.5)), _noisy(2, (0.2, 0.2, 0.2, 0.99))]
+    space = {"x": {"type": "float", "low": 0, "high": 1}}
+    raw = plan_round(RunConfig(name="r", space=space, population=3, exploit={"name": "truncation", "quantile": 0.34}),
+                     members, [0])[0]
+    smoothed = plan_round(RunConfig(name="r", space=space, population=3, ranking={"window": 3},
+                                    exploit={"name": "truncation", "quantile": 0.34}), members, [0])[0]
+    assert isinstance(raw, ExploitPlan) and raw.donor_id == 2  # a lucky last report
+    assert isinstance(smoothed, ExploitPlan) and smoothed.donor_id == 1

@@ -118,3 +118,15 @@ def test_validate_rejects_values_outside() -> None:
     space.validate({"n": 2})
     with pytest.raises(InvalidConfigError, match="`n`"):
         space.validate({"n": 7})
+
+
+def test_float_over_the_whole_float_range_never_samples_or_perturbs_to_inf() -> None:
+    """issue 14 item 10: rng.uniform(-1e308, 1e308) overflows (high - low is inf)."""
+    domain = Float(-1e308, 1e308)
+    rng = random.Random(0)
+    samples = [domain.sample(rng) for _ in range(2000)]
+    assert all(math.isfinite(x) and -1e308 <= x <= 1e308 for x in samples)
+    assert min(samples) < -1e306 and max(samples) > 1e306  # still spread over the range
+    for factor in (0.8, 1.2, 1.0):
+        moved, _ = domain.perturb(0.0, factor, rng)
+        assert math.isfinite(moved) and -1e308 <= moved <= 1e308

@@ -32,7 +32,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from pbtune.errors import CheckpointError, CorruptCheckpointError
+from pbtune.errors import CheckpointError, CheckpointWriteError, CorruptCheckpointError
 from pbtune.store.base import CheckpointRef
 
 __all__ = ["CheckpointStore", "digest"]
@@ -78,8 +78,8 @@ class CheckpointStore:
         final = self._path(key)
         temp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         parent = posixpath.dirname(final)
-        self.fs.makedirs(parent, exist_ok=True)
         try:
+            self.fs.makedirs(parent, exist_ok=True)
             if self.is_local:
                 if os.path.isdir(local_path):
                     shutil.copytree(local_path, temp)
@@ -93,7 +93,7 @@ class CheckpointStore:
                 self.fs.put(local_path, final, recursive=os.path.isdir(local_path))
         except OSError as exc:
             self._remove_quietly(temp)
-            raise CheckpointError(f"could not write checkpoint {key!r} to {self.url}: {exc}") from exc
+            raise CheckpointWriteError(f"could not write checkpoint {key!r} to {self.url}: {exc}") from exc
         return CheckpointRef(key=key, step=step, sha256=sha256, size=size)
 
     def copy(self, key: str, sha256: str, *, run: str, member_id: int, step: int) -> CheckpointRef:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import typer
@@ -13,14 +14,16 @@ from rich.console import Console
 from rich.table import Table
 
 from pbtune.config import DEFAULT_DIR, RunConfig, load_config
+from pbtune.diversity import diversity
 from pbtune.engine.local import run as run_population
-from pbtune.errors import InvalidConfigError, PBTuneError
+from pbtune.errors import InvalidConfigError, NotFoundError, PBTuneError
 from pbtune.launch import progress_display
 from pbtune.lineage import schedule
-from pbtune.ranking import best_member
+from pbtune.ranking import Ranking, best_member, ranking_from_config
+from pbtune.space import Space
 from pbtune.store import open_store
 from pbtune.strategies import Ready
-from pbtune.types import MemberRecord
+from pbtune.types import MemberRecord, MemberState
 
 app = typer.Typer(help="Population Based Training: run populations and inspect what they found.",
                   no_args_is_help=True, add_completion=False)
@@ -64,6 +67,12 @@ def run(
     resources: str | None = typer.Option(
         None, "--resources-per-worker", help='Ray resources per worker as JSON, e.g. \'{"cpu": 1, "gpu": 0.5}\'.'
     ),
+    extend_budget: bool = typer.Option(
+        False, "--extend-budget", help="The run exists with a smaller budget: train it (finished members too) on."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Failed members resume from their last checkpoint."
+    ),
 ) -> None:
     """Run (or resume) the population described by CONFIG on local worker processes or Ray actors."""
     try:
@@ -73,34 +82,56 @@ def run(
             from pbtune.scaleout.ray_launcher import launch_ray, parse_resources
 
             result = launch_ray(cfg, address=address, resources_per_worker=parse_resources(resources),
-                                progress=progress)
+                                progress=progress, extend_budget=extend_budget, retry_failed=retry_failed)
         elif launcher == "local":
             if address is not None or resources is not None:
                 raise InvalidConfigError("--address/--resources-per-worker", "pbtune run", "used with --launcher ray",
                                          address or resources)
-            result = run_population(config=cfg, display=progress_display(progress))
+            result = run_population(config=cfg, display=progress_display(progress), extend_budget=extend_budget,
+                                    retry_failed=retry_failed)
         else:
             raise InvalidConfigError("--launcher", "pbtune run", "'local' or 'ray'", launcher)
     except PBTuneError as exc:
         _fail(str(exc))
         return
-    console.print(f"[bold green]done[/] run [bold]{cfg.name}[/]: best member {result.best.member_id} "
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped and their leases given back
+        console.print(f"[bold yellow]stopped[/] run [bold]{cfg.name}[/]: its members were handed back; run the"
+                      " same command to resume from their last checkpoints")
+        raise typer.Exit(code=130) from None
+    failed = [m for m in result.members if m.state is MemberState.FAILED]
+    headline = "[bold yellow]done, with failures[/]" if failed else "[bold green]done[/]"
+    console.print(f"{headline} run [bold]{cfg.name}[/]: best member {result.best.member_id} "
                   f"score {_fmt_score(result.best.score)} with {_fmt_hparams(result.best.hparams)}")
     console.print(f"  store:       {cfg.storage}")
     where = cfg.checkpoints if "://" in cfg.checkpoints else os.path.abspath(cfg.checkpoints)
     console.print(f"  checkpoints: {where}")
     console.print(f"  best checkpoint: {result.checkpoint_path}")
     console.print(f"  inspect: {_program()} status {cfg.name} --storage {cfg.storage}")
+    if failed:  # a run with failed members is not a success: say so, and exit non-zero
+        console.print(f"[bold red]{len(failed)} of {len(result.members)} members failed:[/]")
+        for m in failed:
+            last = (m.error or "").strip().splitlines()[-1:] or ["no traceback"]
+            console.print(f"  member {m.member_id} at step {m.step}: {last[0]}")
+        console.print(f"  tracebacks: {_program()} status {cfg.name} --storage {cfg.storage} --json")
+        raise typer.Exit(code=1)
 
 
-def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None) -> Table:
+def _best(members: tuple[MemberRecord, ...], cfg: Mapping[str, Any]) -> MemberRecord | None:
+    """The best member by the run's stored mode and ranking."""
+    return best_member(members, cfg.get("mode", "max"), ranking_from_config(cfg.get("ranking")))
+
+
+def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None, ranking: Ranking) -> Table:
     table = Table(title=f"run {run_name}")
-    for column in ("member", "state", "step", "score", "hparams", "worker"):
-        table.add_column(column, justify="right" if column in ("member", "step", "score") else "left")
+    smoothed = ranking.window > 1
+    columns = ("member", "state", "step", "score", *(["smoothed"] if smoothed else []), "hparams", "worker")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("member", "step", "score", "smoothed") else "left")
     for m in members:
         mark = " *" if m.member_id == best_id else ""
-        table.add_row(f"{m.member_id}{mark}", m.state.value, str(m.step), _fmt_score(m.score),
-                      _fmt_hparams(m.hparams), m.lease_owner or "")
+        scores = [_fmt_score(m.score), *([_fmt_score(ranking.score(m))] if smoothed else [])]
+        table.add_row(f"{m.member_id}{mark}", m.state.value, str(m.step), *scores, _fmt_hparams(m.hparams),
+                      m.lease_owner or "")
     return table
 
 
@@ -132,31 +163,38 @@ def status(
         _fail("RUN is required (or --server URL)")
         return
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
+        events = store.events(run_name)
     except PBTuneError as exc:
         _fail(str(exc))
         return
-    top = best_member(members, cfg.get("mode", "max"))
+    top = _best(members, cfg)
     best_id = top.member_id if top is not None else None
+    space = cfg.get("space")
+    spread = diversity(members, events, Space(space) if isinstance(space, dict) and space else None)
     if as_json:
+        rank = ranking_from_config(cfg.get("ranking"))
         rows = [{"member": m.member_id, "state": m.state.value, "step": m.step, "score": m.score,
-                 "hparams": dict(m.hparams), "error": m.error} for m in members]
-        typer.echo(json.dumps({"run": run_name, "best": best_id, "members": rows}, indent=2, default=str))
+                 "smoothed_score": rank.score(m), "hparams": dict(m.hparams), "error": m.error} for m in members]
+        typer.echo(json.dumps({"run": run_name, "best": best_id, "members": rows, "diversity": {
+            "lineages": spread.lineages, "roots": list(spread.roots), "spread": dict(spread.spread)}},
+            indent=2, default=str))
         return
-    console.print(_members_table(run_name, members, best_id))
+    console.print(_members_table(run_name, members, best_id, ranking_from_config(cfg.get("ranking"))))
     finished = sum(m.state.is_final for m in members)
     console.print(f"{finished}/{len(members)} members done; budget {cfg.get('budget')} steps each")
+    console.print(f"diversity: {spread.summary()}")
 
 
 @app.command()
 def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = StorageOption) -> None:
     """The best member: score, hyperparameters, checkpoint and schedule."""
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
-        member = best_member(store.list_members(run_name), cfg.get("mode", "max"))
+        member = _best(store.list_members(run_name), cfg)
         if member is None:
             raise PBTuneError(f"no member of run {run_name!r} has a finite score yet (failed members are never best)")
         entries = schedule(store.events(run_name), member.member_id)
@@ -176,11 +214,11 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
             storage: str = StorageOption) -> None:
     """The hyperparameter schedule that produced MEMBER, and the events along its ancestry."""
     try:
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
         cfg = store.get_run(run_name).config
         members = store.list_members(run_name)
         if member == "best":
-            top = best_member(members, cfg.get("mode", "max"))
+            top = _best(members, cfg)
             if top is None:
                 raise PBTuneError(f"no member of run {run_name!r} has a finite score yet")
             member_id = top.member_id
@@ -208,12 +246,16 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
 
 @app.command()
 def runs(storage: str = StorageOption) -> None:
-    """List the runs in a store."""
+    """List the runs in a store (opened read-only: a missing store is not created)."""
     try:
-        found = open_store(storage).list_runs()
+        found = open_store(storage, read_only=True).list_runs()
+    except NotFoundError:  # no store there: a read never creates one
+        found = ()
     except PBTuneError as exc:
         _fail(str(exc))
         return
+    if not found:
+        typer.echo(f"no runs in {storage}")
     for record in found:
         typer.echo(record.name)
 

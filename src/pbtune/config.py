@@ -4,7 +4,7 @@ Example:
     >>> cfg = RunConfig(name="demo", space={"lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True}},
     ...                 population=4, budget=20, ready={"interval": 5})
     >>> cfg.exploit
-    Truncation(quantile=0.2)
+    Truncation(quantile=0.2, copy_hparams=True, max_copies=None)
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from pbtune._storage_url import check_storage_url
 from pbtune.errors import InvalidConfigError
-from pbtune.ranking import check_mode
+from pbtune.initial import INITS
+from pbtune.ranking import Ranking, check_mode, ranking_from_config
 from pbtune.space import Space
 from pbtune.strategies import (
     ExploitStrategy,
@@ -29,7 +31,7 @@ from pbtune.strategies import (
     ready_from_config,
     strategy_config,
 )
-from pbtune.validation import check_int, check_number, is_number
+from pbtune.validation import check_bool, check_int, check_number, is_number
 
 __all__ = ["RunConfig", "load_config", "DEFAULT_DIR"]
 
@@ -40,8 +42,25 @@ def _int(value: Any, field_name: str, minimum: int) -> int:
     return check_int(value, field_name, "config", minimum=minimum)
 
 
-def _positive(value: Any, field_name: str) -> float:
+def _finite_positive(value: Any, field_name: str) -> float:
+    # inf passes `> 0` and then breaks every timer built on it (the heartbeat thread died on it)
     return check_number(value, field_name, "config", low=0, low_open=True)
+
+
+# The store's run-name columns hold 200 characters, and the checkpoint store uses the name as a
+# folder name (255 bytes on most file systems): leave room in both.
+MAX_NAME_CHARS = 100
+MAX_NAME_BYTES = 200
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "/" in name or ".." in name:
+        raise InvalidConfigError("name", "config", "a non-empty string without '/' or '..'", name)
+    if len(name) > MAX_NAME_CHARS or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidConfigError("name", "config", f"at most {MAX_NAME_CHARS} characters ({MAX_NAME_BYTES} bytes"
+                                 " in UTF-8)", f"{name[:40]}... ({len(name)} characters)")
+    if not name.isprintable():  # control characters, lone surrogates: no file or column takes them
+        raise InvalidConfigError("name", "config", "printable characters only", name)
 
 
 @dataclass
@@ -57,6 +76,14 @@ class RunConfig:
         mode: ``"max"`` or ``"min"``: the direction of ``metric``.
         metric: the key of the trainable's step result that is the score.
         ready / exploit / explore: strategies (objects or config forms).
+        ranking: how members are compared (:class:`~pbtune.ranking.Ranking`; ``{"window": k}``
+            ranks by the mean of the last k scores).
+        init: first hyperparameters: ``"random"`` (sampled with ``seed``) or ``"grid"`` (spread
+            over a grid of the space; with ``exploit: none`` that is grid search).
+        max_failures: failed members replaced per run (restarted from the best member's
+            checkpoint with explored hyperparameters) before failures are final; 0: none.
+        sync: generational PBT: a member at a ready point waits until every member that has not
+            failed reached that step, and members are ranked at the same step.
         seed: seeds initial sampling and every decision.
         storage: SQLAlchemy URL of the population store.
         checkpoints: folder or fsspec URL of the checkpoint store.
@@ -79,6 +106,10 @@ class RunConfig:
     ready: Ready = field(default_factory=lambda: Ready(interval=10))
     exploit: ExploitStrategy = field(default_factory=Truncation)
     explore: ExploreStrategy = field(default_factory=PerturbOrResample)
+    ranking: Ranking = field(default_factory=Ranking)
+    init: str = "random"
+    max_failures: int = 0
+    sync: bool = False
     seed: int = 0
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
     checkpoints: str = f"{DEFAULT_DIR}/checkpoints"
@@ -90,8 +121,7 @@ class RunConfig:
     resources_per_worker: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name or "/" in self.name or ".." in self.name:
-            raise InvalidConfigError("name", "config", "a non-empty string without '/' or '..'", self.name)
+        _check_name(self.name)
         if not isinstance(self.space, Space):
             self.space = Space(self.space)
         self.population = _int(self.population, "population", 2)
@@ -105,11 +135,15 @@ class RunConfig:
         self.ready = ready_from_config(self.ready)
         self.exploit = exploit_from_config(self.exploit)
         self.explore = explore_from_config(self.explore)
+        self.ranking = ranking_from_config(self.ranking)
+        self.max_failures = _int(self.max_failures, "max_failures", 0)
+        self.sync = check_bool(self.sync, "sync", "config")
+        if self.init not in INITS:
+            raise InvalidConfigError("init", "config", f"one of {list(INITS)}", self.init)
         if self.checkpoint_interval is not None:
             self.checkpoint_interval = _int(self.checkpoint_interval, "checkpoint_interval", 1)
-        self.lease_seconds = _positive(self.lease_seconds, "lease_seconds")
-        if not isinstance(self.storage, str) or "://" not in self.storage:
-            raise InvalidConfigError("storage", "config", "a SQLAlchemy URL such as sqlite:///pbt.db", self.storage)
+        self.lease_seconds = _finite_positive(self.lease_seconds, "lease_seconds")
+        check_storage_url(self.storage)
         if not isinstance(self.checkpoints, str) or not self.checkpoints:
             raise InvalidConfigError("checkpoints", "config", "a folder or fsspec URL", self.checkpoints)
         if self.trainable is not None and (not isinstance(self.trainable, str) or ":" not in self.trainable):
@@ -157,6 +191,10 @@ class RunConfig:
             "ready": {"interval": self.ready.interval, "burn_in": self.ready.burn_in},
             "exploit": strategy_config(self.exploit),
             "explore": strategy_config(self.explore),
+            "ranking": self.ranking.to_config(),
+            "init": self.init,
+            "max_failures": self.max_failures,
+            "sync": self.sync,
             "seed": self.seed,
             "storage": self.storage,
             "checkpoints": self.checkpoints,
@@ -186,7 +224,13 @@ def load_config(path: str, **overrides: Any) -> RunConfig:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise InvalidConfigError("yaml", path, f"valid YAML ({problem}{at})", text[:80]) from None
     else:
         try:
             data = json.loads(text)

@@ -13,6 +13,8 @@ __all__ = [
     "MemberFinishedError",
     "IllegalTransitionError",
     "CheckpointError",
+    "CheckpointWriteError",
+    "ConfigMismatchError",
     "CorruptCheckpointError",
     "SchemaVersionError",
     "LeaseLostError",
@@ -35,6 +37,17 @@ class InvalidConfigError(PBTuneError, ValueError):
         self.constraint = constraint
         self.value = value
         super().__init__(f"`{field}` of `{where}` must be {constraint}; got {value!r}")
+
+
+class ConfigMismatchError(PBTuneError):
+    """A run was resumed with a config that differs from the one it was created with.
+
+    ``differences`` lists ``(field, stored, given)``.
+    """
+
+    def __init__(self, message: str, differences: list[tuple[str, Any, Any]]) -> None:
+        self.differences = differences
+        super().__init__(message)
 
 
 class StoreError(PBTuneError):
@@ -66,6 +79,11 @@ class SchemaVersionError(StoreError):
 
 class CheckpointError(PBTuneError):
     """A checkpoint could not be written, read or copied."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint to the checkpoint store failed (disk full, storage unreachable): usually
+    transient, so workers retry before they give up on the member."""
 
 
 class CorruptCheckpointError(CheckpointError):

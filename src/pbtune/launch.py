@@ -35,6 +35,8 @@ def run(
     max_restarts: int | None = None,
     monitors: Sequence[Monitor] = (),
     initial: Sequence[Mapping[str, Any]] = (),
+    extend_budget: bool = False,
+    retry_failed: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Train a population with PBT on ``workers`` local processes and return the best member.
@@ -49,6 +51,10 @@ def run(
         monitors: objects with ``update(store, config)`` and ``close()``, called about five
             times a second while the run goes on (live TensorBoard, dashboards).
         initial: first hyperparameters of members 0, 1, ...; the rest are sampled.
+        extend_budget: the run exists (maybe finished) with a smaller budget: train it on to
+            this one. Without it, a run name given another config is an error
+            (:class:`~pbtune.errors.ConfigMismatchError`), never a silent mix or an old result.
+        retry_failed: failed members resume from their last checkpoint.
 
     Example::
 
@@ -58,5 +64,5 @@ def run(
     """
     return run_local(
         trainable, config, display=progress_display(progress), max_restarts=max_restarts, monitors=monitors,
-        initial=initial, **settings,
+        initial=initial, extend_budget=extend_budget, retry_failed=retry_failed, **settings,
     )

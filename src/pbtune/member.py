@@ -17,7 +17,8 @@ Example (bring your own loop)::
 
 from __future__ import annotations
 
-import random
+import dataclasses
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,13 +27,25 @@ from typing import Any, Protocol, runtime_checkable
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
-from pbtune.round import ExploitPlan, ReadyCheck, decision_rng, explore_hparams, plan_member
+from pbtune.initial import first_hparams
+from pbtune.resume import check_resumable
+from pbtune.round import (
+    ExploitPlan,
+    ReadyCheck,
+    decision_rng,
+    explore_hparams,
+    generation_waiting,
+    plan_member,
+    plan_replacement,
+)
 from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.types import MemberRecord, MemberState
 
 __all__ = ["Member", "MemberProtocol", "Donor", "Population", "decision_rng"]
 
 _PIN_SECONDS = 600.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ class Member:
         self._pending: ExploitPlan | None = None
         self._explored: ExploitPlan | None = None  # the plan whose exploit was applied; explore() writes the rest
         self._loaded_path: str | None = None
+        self.waiting = False  # generational mode: the last should_exploit() waits for the generation
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -162,13 +176,18 @@ class Member:
 
         The decision is the round planner's (:func:`pbtune.round.plan_member`) on a fresh
         snapshot of the population. A ready check that decides to continue restarts the ready
-        interval.
+        interval. In generational mode (``sync``) a member whose generation is not complete
+        decides nothing yet: False, with :attr:`waiting` set (ask again later).
         """
         self._pending = None
+        self.waiting = False
         if not self._config.ready.is_ready(self._record):  # our own record is current: we wrote it
             return False
         snapshot = self._store.list_members(self.run)
         self._record = next(m for m in snapshot if m.member_id == self.member_id)
+        if generation_waiting(self._config, snapshot, self.member_id):
+            self.waiting = True
+            return False
         plan = plan_member(self._config, snapshot, self.member_id)
         if isinstance(plan, ExploitPlan):
             self._pending = plan
@@ -182,9 +201,10 @@ class Member:
     def exploit(self) -> Donor | None:
         """Copy the chosen donor's checkpoint and hyperparameters into this member.
 
-        Returns the donor, or None when nothing was copied because the donor's checkpoint was
-        collected or this member changed concurrently (train on; the next ready point decides
-        again). Afterwards :meth:`parameters_path` is the copy to load.
+        Returns the donor, or None when nothing was copied: the donor's checkpoint was
+        collected, is missing or corrupt, the copy could not be written (storage full or
+        unreachable), or this member changed concurrently. Train on; the next ready point
+        decides again. Afterwards :meth:`parameters_path` is the copy to load.
         """
         if self._pending is None:
             raise PBTuneError("exploit() needs a donor: call should_exploit() first and check it returned True")
@@ -199,9 +219,12 @@ class Member:
             copy = self._checkpoints.copy(
                 key, plan.donor_checkpoint_sha256 or "", run=self.run, member_id=self.member_id, step=plan.step
             )
-        except CheckpointError:
+        except CheckpointError as exc:  # a bad donor checkpoint must not fail the member that copies it
             self._store.unpin_checkpoint(self.run, key, holder)
-            raise
+            log.warning("member %d of run %r skips donor %d: %s", self.member_id, self.run, plan.donor_id, exc)
+            self._store.mark_ready_checked(self.run, self.member_id, plan.step, plan.expected_version)
+            self.refresh()
+            return None
         try:  # the explore is written by explore(), after the user has loaded the copied weights
             updated = self._store.apply_exploits(self.run, [plan.write(checkpoint=copy, explore=False)])
         finally:
@@ -245,6 +268,30 @@ class Member:
     def finish(self) -> None:
         self._record = self._store.set_state(self.run, self.member_id, MemberState.FINISHED, worker=self._worker)
 
+    def fail_or_replace(self, error: str) -> Donor | None:
+        """The member's training failed with ``error``: restart it as a copy of the best member
+        (explored hyperparameters, a ``fail`` then an ``exploit`` event in the lineage) while the
+        run has replaced fewer than ``max_failures`` members; else mark it FAILED. Returns the
+        donor it restarts from, or None when it failed for good."""
+        limit = self._config.max_failures
+        if limit and sum(e.kind == "fail" for e in self._store.events(self.run)) < limit:
+            snapshot = self._store.list_members(self.run)
+            plan = plan_replacement(self._config, snapshot, self.member_id)
+            if plan is not None:
+                lines = error.strip().splitlines()
+                noted = self._store.set_hparams(self.run, self.member_id, plan.old_hparams,
+                                                expected_version=plan.expected_version, kind="fail",
+                                                summary=(lines[-1] if lines else "failed") + "; replaced")
+                if noted is not None:
+                    self._record = noted
+                    self._pending = dataclasses.replace(plan, expected_version=noted.version)
+                    donor = self.exploit()
+                    if donor is not None:
+                        self.explore()
+                        return donor
+        self.fail(error)
+        return None
+
     def fail(self, error: str) -> None:
         self._record = self._store.set_state(
             self.run, self.member_id, MemberState.FAILED, worker=self._worker, error=error
@@ -274,10 +321,18 @@ class Population:
         store: PopulationStore | None = None,
         checkpoints: CheckpointStore | None = None,
         initial: Sequence[Mapping[str, Any]] = (),
+        extend_budget: bool = False,
+        retry_failed: bool = False,
     ) -> None:
         """Args:
         initial: first hyperparameters of members 0, 1, ... (validated against the space);
             the remaining members are sampled from the space with the run's seed.
+        extend_budget: the run exists with a smaller budget: store the larger one and train
+            its finished members on (see :mod:`pbtune.resume`).
+        retry_failed: failed members resume from their last checkpoint.
+
+        Raises:
+            ConfigMismatchError: the run exists with another config (nothing is written).
         """
         from pbtune.store import open_store
 
@@ -289,14 +344,16 @@ class Population:
         self.config = config
         self.store = store if store is not None else open_store(config.storage)
         self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
-        rng = random.Random(f"{config.seed}:init")
-        first: list[dict[str, Any]] = []
-        for member_id in range(config.population):
-            sampled = config.space.sample(rng)  # drawn for every member so seeds give the same draws
-            first.append(dict(initial[member_id]) if member_id < len(initial) else sampled)
+        first = first_hparams(config.space, config.population, config.seed, config.init)
+        first[: len(initial)] = [dict(hparams) for hparams in initial]
 
         def create() -> None:  # one transaction, not one per member
-            self.store.create_run(config.name, config.to_dict())
+            stored = self.store.create_run(config.name, config.to_dict()).config
+            if check_resumable(stored, config, config.storage, extend_budget=extend_budget):
+                self.store.reopen_members(config.name, [MemberState.FINISHED], config=config.to_dict(),
+                                          summary=f"budget extended from {stored['budget']} to {config.budget}")
+            if retry_failed:
+                self.store.reopen_members(config.name, [MemberState.FAILED], summary="failed member retried")
             self.store.add_members(config.name, first)
 
         self.store.batch(create)

@@ -3,9 +3,11 @@
 Every engine, the server, the live display and the reports use these functions, so they
 always agree on who is best.
 
-The best-member rule: among members that are not ``FAILED`` and whose last score is finite
-(NaN and infinities never win), the best score in the run's direction; ties go to the lowest
-member id. No such member: no best (``None``).
+The best-member rule: among members that are not ``FAILED`` and whose score is finite (NaN
+and infinities never win), the best score in the run's direction; ties go to the lowest member
+id. No such member: no best (``None``). "Score" is the run's :class:`Ranking` score: the last
+reported score, or with ``window > 1`` the mean of the last ``window`` reports (noisy
+evaluations then crown the best member rather than the luckiest).
 
 Example:
     >>> from pbtune.types import MemberRecord, MemberState
@@ -17,13 +19,17 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from pbtune.errors import InvalidConfigError
-from pbtune.types import MemberRecord, MemberState
+from pbtune.types import RECENT_SCORES, MemberRecord, MemberState
+from pbtune.validation import check_int
 
-__all__ = ["MODES", "best_member", "check_mode", "fitness", "is_better", "ranked"]
+__all__ = ["MODES", "Ranking", "best_member", "check_mode", "fitness", "is_better", "ranked", "ranking_from_config"]
 
 MODES = ("max", "min")
 
@@ -53,8 +59,68 @@ def is_better(a: float | None, b: float | None, mode: str) -> bool:
     return fitness(a, mode) > fitness(b, mode)
 
 
-def best_member(members: Iterable[MemberRecord], mode: str) -> MemberRecord | None:
-    """The best member by the rule in this module's docstring, or ``None`` if none qualifies."""
-    candidates = [m for m in members if m.state is not MemberState.FAILED and m.has_finite_score]
-    order = ranked(candidates, mode)
-    return order[0] if order else None
+@dataclass(frozen=True)
+class Ranking:
+    """How members are compared: by the mean of their last ``window`` reported scores.
+
+    ``window=1`` (the default) is the last score, as in the paper. A larger window averages
+    evaluation noise away; a member that just exploited is ranked on its own recent scores
+    until new ones come in, so keep ``window`` at most the ready interval.
+
+    Example:
+        >>> m = MemberRecord("r", 0, MemberState.RUNNING, 3, {}, score=0.9, recent=((1, 0.1), (2, 0.5), (3, 0.9)))
+        >>> Ranking(window=2).score(m)
+        0.7
+    """
+
+    window: int = 1
+
+    def __post_init__(self) -> None:
+        check_int(self.window, "window", "ranking", minimum=1)
+        if self.window > RECENT_SCORES:
+            raise InvalidConfigError("window", "ranking", f"an integer <= {RECENT_SCORES}", self.window)
+
+    def score(self, member: MemberRecord) -> float | None:
+        """The member's ranking score (non-finite if any score in the window is)."""
+        if self.window == 1:
+            return member.score
+        scores = [s for step, s in member.recent if step <= member.step][-self.window:]
+        return math.fsum(scores) / len(scores) if scores else member.score
+
+    def view(self, members: Iterable[MemberRecord]) -> list[MemberRecord]:
+        """The members with ``score`` replaced by their ranking score (for strategies that rank)."""
+        if self.window == 1:
+            return list(members)
+        return [dataclasses.replace(m, score=self.score(m)) for m in members]
+
+    def to_config(self) -> dict[str, Any]:
+        return {"window": self.window}
+
+
+def ranking_from_config(config: Any) -> Ranking:
+    """``{"window": 3}``, an integer window, ``None`` (the default) or a :class:`Ranking`."""
+    if config is None:
+        return Ranking()
+    if isinstance(config, Ranking):
+        return config
+    if isinstance(config, int) and not isinstance(config, bool):
+        return Ranking(window=config)
+    if not isinstance(config, Mapping):
+        raise InvalidConfigError("ranking", "config", "an integer window or a mapping like {window: 3}", config)
+    unknown = sorted(set(config) - {"window"})
+    if unknown:
+        raise InvalidConfigError(unknown[0], "ranking", "one of ['window']", config[unknown[0]])
+    return Ranking(**config)
+
+
+def best_member(members: Iterable[MemberRecord], mode: str, ranking: Ranking | None = None) -> MemberRecord | None:
+    """The best member by the rule in this module's docstring, or ``None`` if none qualifies.
+
+    The record returned is the store's (its ``score`` is the raw last score).
+    """
+    rule = ranking or Ranking()
+    alive = [m for m in members if m.state is not MemberState.FAILED]
+    scored = {m.member_id: rule.score(m) for m in alive}
+    candidates = [m for m in alive if (s := scored[m.member_id]) is not None and math.isfinite(s)]
+    candidates.sort(key=lambda m: (-fitness(scored[m.member_id], mode), m.member_id))
+    return candidates[0] if candidates else None

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
+from pbtune.diversity import Diversity, diversity
 from pbtune.errors import PBTuneError
 from pbtune.lineage import ScheduleEntry, schedule
-from pbtune.ranking import best_member
+from pbtune.ranking import Ranking, best_member
 from pbtune.store.base import PopulationStore
 from pbtune.types import MemberRecord, MemberState
 
@@ -39,15 +40,23 @@ class RunResult:
     members: tuple[MemberRecord, ...]
     storage: str
     checkpoints: str
+    ranking: Ranking = Ranking()
+    diversity: Diversity | None = None  # lineages alive and hyperparameter spread at the end
 
     @property
     def best_score(self) -> float | None:
+        """The best member's last reported score (raw)."""
         return self.best.score
+
+    @property
+    def best_smoothed_score(self) -> float | None:
+        """The best member's ranking score (the mean of its last ``ranking.window`` scores)."""
+        return self.ranking.score(self.best)
 
 
 def require_best(members: tuple[MemberRecord, ...], config: RunConfig) -> MemberRecord:
     """The best member, or a :class:`PBTuneError` that says why there is none."""
-    best = best_member(members, config.mode)
+    best = best_member(members, config.mode, config.ranking)
     if best is not None:
         return best
     failed = [m for m in members if m.state is MemberState.FAILED]
@@ -65,8 +74,9 @@ def summarize(config: RunConfig, store: PopulationStore, checkpoints: Checkpoint
     members = store.list_members(config.name)
     best = require_best(members, config)
     path = checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "") if best.checkpoint else None
+    events = store.events(config.name)
     return RunResult(
-        run=config.name, best=best, checkpoint_path=path,
-        schedule=schedule(store.events(config.name), best.member_id), members=members,
-        storage=config.storage, checkpoints=config.checkpoints,
+        run=config.name, best=best, checkpoint_path=path, schedule=schedule(events, best.member_id), members=members,
+        storage=config.storage, checkpoints=config.checkpoints, ranking=config.ranking,
+        diversity=diversity(members, events, config.space),
     )

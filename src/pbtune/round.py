@@ -24,23 +24,30 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import random
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pbtune.config import RunConfig
+from pbtune.ranking import best_member
 from pbtune.store.base import CheckpointRef, ExploitWrite, ReadyCheckWrite
-from pbtune.strategies import Exploit
+from pbtune.strategies import Exploit, ExploreContext
 from pbtune.types import MemberRecord, MemberState
 
 __all__ = [
     "ExploitPlan",
     "Plan",
     "ReadyCheck",
+    "at_step",
     "decision_rng",
+    "generation_waiting",
     "explore_hparams",
     "plan_member",
+    "plan_replacement",
     "plan_round",
     "ready_members",
 ]
@@ -98,37 +105,80 @@ class ExploitPlan:
 Plan = ReadyCheck | ExploitPlan
 
 
+def generation_waiting(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> bool:
+    """Generational mode (``sync``): True while a member that has not failed is behind this one's step
+    (this member must wait for its generation; failed members never hold it up)."""
+    if not config.sync:
+        return False
+    step = next(m.step for m in snapshot if m.member_id == member_id)
+    return any(m.step < step for m in snapshot if m.state is not MemberState.FAILED and not m.state.is_final)
+
+
+def at_step(members: Iterable[MemberRecord], step: int) -> list[MemberRecord]:
+    """The members as they were at ``step`` (their last score up to it, from their recent scores),
+    so a generation is ranked at one step even if some member is already past it."""
+    out = []
+    for m in members:
+        earlier = [(s, score) for s, score in m.recent if s <= step]
+        if m.step > step and earlier:
+            m = dataclasses.replace(m, step=earlier[-1][0], score=earlier[-1][1], recent=tuple(earlier))
+        out.append(m)
+    return out
+
+
 def ready_members(config: RunConfig, snapshot: Iterable[MemberRecord]) -> list[int]:
     """Ids of the members that reached a ready point (final members never are)."""
     return [m.member_id for m in snapshot if not m.state.is_final and config.ready.is_ready(m)]
 
 
-def explore_hparams(config: RunConfig, member_id: int, step: int, hparams: Mapping[str, Any]) -> tuple[dict[str, Any],
-                                                                                                       str]:
-    """The explored hyperparameters of ``member_id`` at ``step`` and their lineage summary."""
+def explore_hparams(
+    config: RunConfig, member_id: int, step: int, hparams: Mapping[str, Any],
+    population: Sequence[MemberRecord] = (),
+) -> tuple[dict[str, Any], str]:
+    """The explored hyperparameters of ``member_id`` at ``step`` and their lineage summary.
+
+    ``population`` is the round's snapshot, for a model-based explore (PB2); without it PB2
+    falls back to perturbing.
+    """
     rng = decision_rng(config.seed, member_id, step, "explore")
-    new, changes = config.explore.explore(hparams, config.space, rng)
+    context = ExploreContext(population, member_id, step, config.mode, config.ready.interval)
+    new, changes = config.explore.explore(hparams, config.space, rng, context)
     return new, "; ".join(change.summary() for change in changes)
 
 
 def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Iterable[int]) -> dict[int, Plan]:
     """One plan per ready member, all decided against the same snapshot.
 
-    Failed members are neither donors nor ranked. Raises ``KeyError`` for an id not in the snapshot.
+    Failed members are neither donors nor ranked. With the exploit strategy's ``max_copies``,
+    no donor seeds more than that many members of this round (members deciding together: the
+    vectorized engine's lockstep round); further members pick among the other donors, or
+    continue. Raises ``KeyError`` for an id not in the snapshot.
     """
-    by_id = {m.member_id: m for m in snapshot}
-    population = [m for m in snapshot if m.state is not MemberState.FAILED]
+    alive_steps = [m.step for m in snapshot if m.state is not MemberState.FAILED]
+    if config.sync and alive_steps:  # a generation is compared at one step
+        snapshot = at_step(snapshot, min(alive_steps))
+    ranked = config.ranking.view(snapshot)  # strategies rank by the run's ranking score
+    by_id = {m.member_id: m for m in ranked}
+    population = [m for m in ranked if m.state is not MemberState.FAILED]
+    cap = getattr(config.exploit, "max_copies", None)
+    copies: Counter[int] = Counter()
     plans: dict[int, Plan] = {}
     for member_id in ready:
         me = by_id[member_id]
         rng = decision_rng(config.seed, member_id, me.step, "exploit")
-        decision = config.exploit.decide(population, member_id, rng, mode=config.mode)
+        # Diversity guard: a donor that already seeded `max_copies` members this round offers no
+        # checkpoint to the rest (strategies never pick a donor without one), so they spread out.
+        offered = population if cap is None else [
+            dataclasses.replace(m, checkpoint=None) if copies[m.member_id] >= cap else m for m in population
+        ]
+        decision = config.exploit.decide(offered, member_id, rng, mode=config.mode)
         if not isinstance(decision, Exploit):
             plans[member_id] = ReadyCheck(member_id, me.step, me.version, decision.reason)
             continue
         donor = by_id[decision.donor_id]
+        copies[donor.member_id] += 1
         taken = dict(donor.hparams if decision.copy_hparams else me.hparams)
-        explored, explore_summary = explore_hparams(config, member_id, me.step, taken)
+        explored, explore_summary = explore_hparams(config, member_id, me.step, taken, snapshot)
         summary = (
             f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
             f" over member {member_id} (score {_fmt(me.score)})" + ("" if decision.copy_hparams else " (weights only)")
@@ -141,6 +191,29 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
             taken=taken, explored=explored, exploit_summary=summary, explore_summary=explore_summary,
         )
     return plans
+
+
+def plan_replacement(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> ExploitPlan | None:
+    """How a member whose training failed restarts: from the best member with a checkpoint
+    (by the run's ranking; failed members never), with explored hyperparameters. None: no donor."""
+    me = next(m for m in snapshot if m.member_id == member_id)
+    others = [m for m in snapshot if m.member_id != member_id and m.has_checkpoint]
+    donor = best_member(others, config.mode, config.ranking)
+    if donor is None or donor.checkpoint is None:
+        return None
+    copy_hparams = getattr(config.exploit, "copy_hparams", True)
+    taken = dict(donor.hparams if copy_hparams else me.hparams)
+    explored, explore_summary = explore_hparams(config, member_id, me.step, taken, snapshot)
+    score = config.ranking.score(donor)
+    return ExploitPlan(
+        member_id=member_id, step=me.step, expected_version=me.version, donor_id=donor.member_id,
+        donor_step=donor.checkpoint_step or donor.step, donor_score=math.nan if score is None else score,
+        donor_checkpoint=donor.checkpoint, donor_checkpoint_sha256=donor.checkpoint_sha256,
+        donor_hparams=dict(donor.hparams), copy_hparams=copy_hparams, old_hparams=dict(me.hparams), taken=taken,
+        explored=explored, explore_summary=explore_summary,
+        exploit_summary=f"replaced failed member {member_id} with a copy of member {donor.member_id} "
+        f"(step {donor.checkpoint_step or donor.step}, score {_fmt(score)})",
+    )
 
 
 def plan_member(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> Plan | None:

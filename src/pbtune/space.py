@@ -65,15 +65,23 @@ class Float:
 
     def sample(self, rng: random.Random) -> float:
         if self.log:
-            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        return rng.uniform(self.low, self.high)
+            return self.clip(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))  # exp may round past
+        if math.isfinite(self.high - self.low):
+            return rng.uniform(self.low, self.high)
+        # rng.uniform's low + (high - low) * u would be inf for bounds near +-1.8e308
+        u = rng.random()
+        return self.clip(self.low * (1.0 - u) + self.high * u)
 
     def perturb(self, value: Any, factor: float, rng: random.Random) -> tuple[float, str]:
         del rng  # deterministic given the factor
         value = float(value)
         if value == 0.0 and not self.log:
             # Multiplying 0 never moves it: shift by the same fraction of the range instead.
-            moved = (factor - 1.0) * (self.high - self.low)
+            span = self.high - self.low
+            if math.isfinite(span):
+                moved = (factor - 1.0) * span
+            else:  # bounds near +-1.8e308: high - low overflows
+                moved = (factor - 1.0) * self.high - (factor - 1.0) * self.low
         else:
             moved = value * factor  # for log domains: a shift of log(factor) in log space
         return self.clip(moved), f"x{factor:g}"

@@ -8,7 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MemberState", "MemberRecord", "ScoreRecord", "EventRecord", "RunRecord", "LEGAL_TRANSITIONS"]
+__all__ = ["MemberState", "MemberRecord", "ScoreRecord", "EventRecord", "RunRecord", "LEGAL_TRANSITIONS",
+           "RECENT_SCORES"]
+
+RECENT_SCORES = 16  # reports each member keeps for smoothed ranking and model-based explore
 
 
 class MemberState(str, enum.Enum):
@@ -56,6 +59,7 @@ class MemberRecord:
     lease_expires: float | None = None
     error: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    recent: tuple[tuple[int, float], ...] = ()  # the last few (step, score) reports, oldest first
 
     @property
     def has_checkpoint(self) -> bool:

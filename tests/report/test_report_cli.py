@@ -134,3 +134,12 @@ def test_bad_formats_are_refused_by_the_option_parser(small_run: SmallRun) -> No
     assert done.exit_code == 2
     flat = " ".join(done.stderr.replace("│", " ").split())  # rich draws the message in a box
     assert "'jpg' is not one of 'png', 'svg'" in flat
+
+
+def test_report_commands_never_create_a_store(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 14 item 11: read commands open the store read-only; an empty folder stays empty."""
+    monkeypatch.chdir(tmp_path)
+    for command in (["schedule", "toy"], ["plot", "toy"], ["export", "toy", "--out", "x"]):
+        done = runner.invoke(app, command)
+        assert done.exit_code == 2 and "no runs in sqlite:///pbtune-runs/pbtune.db" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -95,21 +95,34 @@ def test_store_commands(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "newer" in refused.output
 
 
-def test_a_version_1_database_is_upgraded_to_version_2(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/v1.db"
+def _downgrade(url: str, version: int) -> None:
+    """Turn a fresh database into what pbtune's schema ``version`` wrote."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        if version < 3:
+            conn.exec_driver_sql("DROP INDEX ix_pbtune_checkpoints_run_member")
+            conn.exec_driver_sql("ALTER TABLE pbtune_members DROP COLUMN recent")
+        if version < 2:
+            conn.exec_driver_sql("ALTER TABLE pbtune_events DROP COLUMN donor_checkpoint")
+            conn.exec_driver_sql("ALTER TABLE pbtune_events DROP COLUMN checkpoint")
+        conn.exec_driver_sql(f"UPDATE pbtune_meta SET value = '{version}' WHERE key = 'schema_version'")
+    engine.dispose()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_database_is_upgraded_to_the_current_version(tmp_path: Path, version: int) -> None:
+    url = f"sqlite:///{tmp_path}/v{version}.db"
     store = SQLStore(url)
     store.create_run("r", {})
     store.add_member("r", 0, {"lr": 0.1})
     store.close()
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # turn it into what pbtune's schema 1 wrote
-        conn.exec_driver_sql("ALTER TABLE pbtune_events DROP COLUMN donor_checkpoint")
-        conn.exec_driver_sql("ALTER TABLE pbtune_events DROP COLUMN checkpoint")
-        conn.exec_driver_sql("UPDATE pbtune_meta SET value = '1' WHERE key = 'schema_version'")
-    engine.dispose()
+    _downgrade(url, version)
     with pytest.raises(SchemaVersionError, match="pbtune store upgrade"):
         SQLStore(url)
-    assert (upgrade(url).found, current_version(url)) == (1, 2)
+    assert (upgrade(url).found, current_version(url)) == (version, SCHEMA_VERSION)
     reopened = SQLStore(url)
     (init,) = reopened.events("r")
     assert init.kind == "init" and init.donor_checkpoint is None and init.checkpoint is None
+    assert reopened.get_member("r", 0).recent == ()  # members from before v3 start with no recent scores
+    assert reopened.report("r", 0, 1, 0.5).recent == ((1, 0.5),)
+    assert "recent" in _columns(url, "pbtune_members")

@@ -58,3 +58,45 @@ def test_plain_postgresql_url_uses_psycopg3(pg_url: str) -> None:
     store.create_run("plain", {})
     assert store.get_run("plain").name == "plain"
     store.close()
+
+
+def test_read_only_store_on_postgresql_never_creates_tables(pg_url: str) -> None:
+    """issue 14 item 11: read commands open read-only; an empty database has no runs."""
+    from pbtune.errors import NotFoundError, StoreError
+
+    with pytest.raises(NotFoundError, match="no runs in"):
+        SQLStore(pg_url, read_only=True)
+    writer = SQLStore(pg_url)
+    writer.create_run("r", {})
+    writer.close()
+    reader = SQLStore(pg_url, read_only=True)
+    assert [r.name for r in reader.list_runs()] == ["r"]
+    with pytest.raises(StoreError, match="read-only transaction"):
+        reader.create_run("other", {})
+    reader.close()
+
+
+def test_server_on_postgresql_takes_nan_and_inf_metrics(pg_url: str, tmp_path: Path) -> None:
+    """issue 14 item 2: behind the server a NaN metric was a 503 that clients retried for 120 s."""
+    pytest.importorskip("fastapi", reason="the server needs pip install 'pbtune[server]'")
+    import httpx
+
+    from pbtune.config import RunConfig
+    from pbtune.server.runner import PBTServer
+
+    config = RunConfig(name="nan", space={"lr": {"type": "float", "low": 1e-3, "high": 1.0}}, population=2,
+                       storage=pg_url, checkpoints=str(tmp_path / "ck"))
+    server = PBTServer(0, "pg-key-0123456789", config=config, upload_dir=str(tmp_path / "up")).start()
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": "Bearer pg-key-0123456789"}) as http:
+            assert http.post("/join", json={"member_id": 0}).status_code == 200
+            body = {"metric": "NaN", "metrics": {"loss": "NaN", "g": "-Infinity"}}
+            answer = http.post("/members/0/report", json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["member"]["score"] == "NaN"
+    finally:
+        server.stop()
+    store = SQLStore(pg_url)
+    metrics = store.scores("nan", 0)[0].metrics
+    store.close()
+    assert str(metrics["loss"]) == "nan" and metrics["g"] == float("-inf")

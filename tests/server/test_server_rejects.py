@@ -101,6 +101,11 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "oversized json body": (dict(method="POST", url="/members/0/report",
                                  content=b'{"metric": 1.0, "metrics": {"x": "' + b"a" * (2 << 20) + b'"}}'),
                             413, "too_large"),
+    # issue 14 item 8: a chunked body announces no length; it was read whole and stored
+    "oversized chunked json body": (dict(method="POST", url="/members/0/report",
+                                         content=iter([b'{"metric": 1.0, "metrics": {"x": "'] + [b"a" * 65536] * 40
+                                                      + [b'"}}']),
+                                         headers={"Content-Type": "application/json"}), 413, "too_large"),
     "oversized upload": (dict(method="POST", url="/uploads", content=b"x" * 4096,
                               headers={"X-Pbtune-Sha256": hashlib.sha256(b"x" * 4096).hexdigest()}), 413, "too_large"),
     "oversized upload without a length": (dict(method="POST", url="/uploads", content=iter([b"x" * 700] * 3),
@@ -112,6 +117,47 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
                                           headers={"X-Pbtune-Sha256": hashlib.sha256(b"v").hexdigest()}), 400,
                                      "checksum_mismatch"),
     "upload without a checksum": (dict(method="POST", url="/uploads", content=b"w"), 400, "bad_checksum"),
+    # issue 14 item 7: each of these answered 500 (or was taken)
+    "integer metric beyond the float range": (dict(method="POST", url="/members/0/report",
+                                                   content=b'{"metric": 1' + b"0" * 400 + b"}",
+                                                   headers={"Content-Type": "application/json"}), 422, "invalid"),
+    "step beyond 2**63": (dict(method="POST", url="/members/0/report", json={"metric": 1.0, "step": 2**63}),
+                          422, "invalid"),
+    "step beyond the 32-bit column": (dict(method="POST", url="/members/0/report",
+                                           json={"metric": 1.0, "step": 2**31 - 1}), 422, "invalid"),
+    "lone surrogate in a space name": (dict(method="POST", url="/join", content=b'{"member_id": 1, "space": '
+                                            b'{"\\ud800": {"type": "float", "low": 0, "high": 1}}}',
+                                            headers={"Content-Type": "application/json"}), 422, "invalid"),
+    "lone surrogate in a metrics key": (dict(method="POST", url="/members/0/report",
+                                             content=b'{"metric": 1.0, "metrics": {"\\udfff": 1}}',
+                                             headers={"Content-Type": "application/json"}), 422, "invalid"),
+    "step going backwards": (dict(method="POST", url="/members/0/report", json={"metric": 1.0, "step": 0}),
+                             409, "step_not_increasing"),
+    "a second score for the last step": (dict(method="POST", url="/members/0/report",
+                                              json={"metric": 2.0, "step": 1}), 409, "step_not_increasing"),
+    # issue 14 item 9: one error shape, strict types
+    "json nested too deep": (dict(method="POST", url="/members/0/report", content=b"[" * 100000 + b"]" * 100000,
+                                  headers={"Content-Type": "application/json"}), 400, "bad_json"),
+    "metrics nested too deep": (dict(method="POST", url="/members/0/report",
+                                     content=b'{"metric": 1.0, "metrics": {"x": ' + b"[" * 900 + b"]" * 900 + b"}}",
+                                     headers={"Content-Type": "application/json"}), 400, "bad_json"),
+    "truncated json": (dict(method="POST", url="/members/0/report", content=b'{"metric": ',
+                            headers={"Content-Type": "application/json"}), 400, "bad_json"),
+    "unknown route": (dict(method="GET", url="/nope"), 404, "not_found"),
+    "unknown route under a member": (dict(method="POST", url="/members/0/teleport", json={}), 404, "not_found"),
+    "wrong method": (dict(method="DELETE", url="/population"), 405, "method_not_allowed"),
+    "wrong method on a member route": (dict(method="GET", url="/members/0/report"), 405, "method_not_allowed"),
+    "boolean member id": (dict(method="POST", url="/join", json={"member_id": True}), 422, "invalid"),
+    "member id as a string": (dict(method="POST", url="/join", json={"member_id": "1"}), 422, "invalid"),
+    "step as a float": (dict(method="POST", url="/members/0/report", json={"metric": 1.0, "step": 7.0}), 422,
+                        "invalid"),
+    "after_decision as a number": (dict(method="POST", url="/members/0/exploit", json={"after_decision": 1}), 422,
+                                   "invalid"),
+    "member id with a decimal point": (dict(method="GET", url="/members/1.0"), 422, "invalid"),
+    "member id minus zero": (dict(method="GET", url="/members/-0"), 422, "invalid"),
+    "member id with a leading zero": (dict(method="POST", url="/members/01/report", json={"metric": 1.0}), 422,
+                                      "invalid"),
+    "member id with a plus sign": (dict(method="GET", url="/members/+1"), 422, "invalid"),
     "exploit without a decision": (dict(method="POST", url="/members/0/exploit", json={}), 409, "conflict"),
     "checkpoint of another version": (dict(method="GET", url="/members/0/checkpoint/content?sha256=abc"), 409,
                                       "checkpoint_changed"),
@@ -194,3 +240,49 @@ def test_stale_staged_uploads_are_swept(tmp_path: Path) -> None:
     assert os.path.exists(area.path(fresh.upload_id))
     with pytest.raises(ServerError, match="no staged upload"):
         area.path(old.upload_id)
+
+
+def test_a_chunked_json_body_under_the_limit_is_taken(served: tuple[PBTServer, httpx.Client]) -> None:
+    _, http = served
+    parts = [b'{"metric": 0.25, ', b'"metrics": {"note": "', b"b" * 1000, b'"}}']
+    answer = http.post("/members/0/report", content=iter(parts), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["member"]["score"] == 0.25
+
+
+def test_store_failure_answers_503_without_the_drivers_text(tmp_path: Path) -> None:
+    """The driver's message holds SQL and parameters: it goes to the server log, not the client."""
+    from fastapi.testclient import TestClient
+
+    from pbtune.errors import StoreError
+    from pbtune.server.app import create_app
+    from pbtune.server.service import PopulationService
+    from pbtune.server.uploads import UploadArea
+
+    service = PopulationService(_config(tmp_path).to_dict(), uploads=UploadArea(str(tmp_path / "up"), max_bytes=10))
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise StoreError("population store postgresql://pbt@db.internal/prod failed: (psycopg.OperationalError)"
+                         " [SQL: SELECT pbtune_members.secret FROM pbtune_members]")
+
+    service.store.list_members = broken  # type: ignore[method-assign]
+    client = TestClient(create_app(service, auth_key=KEY), headers={"Authorization": f"Bearer {KEY}"})
+    answer = client.get("/population")
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "store_unavailable"
+    assert "SELECT" not in answer.text and "db.internal" not in answer.text and "psycopg" not in answer.text
+    service.close()
+
+
+def test_openapi_document_is_served_behind_the_key_and_states_the_rules(
+    served: tuple[PBTServer, httpx.Client],
+) -> None:
+    server, http = served
+    assert httpx.get(f"{server.url}/openapi.json", timeout=5).status_code == 401
+    doc = http.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert "/members/{member_id}/report" in doc["paths"]
+    text = str(doc)
+    assert "lease_lost" in text and "exactly one of" in text
+    report = doc["paths"]["/members/{member_id}/report"]["post"]
+    assert "4XX" in report["responses"] and "422" not in report["responses"]  # our error shape, not FastAPI's

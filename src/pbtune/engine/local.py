@@ -8,7 +8,9 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -52,6 +54,8 @@ def run(
     max_restarts: int | None = None,
     monitors: Sequence[Monitor] = (),
     initial: Sequence[Mapping[str, Any]] = (),
+    extend_budget: bool = False,
+    retry_failed: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Train a population with PBT on ``workers`` local processes (see :func:`pbtune.run`).
@@ -74,7 +78,8 @@ def run(
     # this process opens the store. Spawn is the fallback (no fork, or a class without a name).
     held = [_zygote.zygote_for(reference)] if reference is not None and hasattr(os, "fork") else []
     try:
-        return _run(config, target, reference, held, display, max_restarts, monitors, initial)
+        return _run(config, target, reference, held, display, max_restarts, monitors, initial,
+                    extend_budget=extend_budget, retry_failed=retry_failed)
     finally:
         for zygote in held:
             _zygote.release(zygote)
@@ -89,8 +94,11 @@ def _run(
     max_restarts: int | None,
     monitors: Sequence[Monitor],
     initial: Sequence[Mapping[str, Any]],
+    *,
+    extend_budget: bool,
+    retry_failed: bool,
 ) -> RunResult:
-    population = Population(config, initial=initial)
+    population = Population(config, initial=initial, extend_budget=extend_budget, retry_failed=retry_failed)
     if all(m.state.is_final for m in population.members()):  # resumed a finished run
         return summarize(config, population.store, population.checkpoints)
     if held and (error := held[0].wait_ready()) is not None:
@@ -99,11 +107,16 @@ def _run(
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
     launch = _launcher(held, reference, target, config.to_dict())
 
+    started: list[str] = []  # every worker id, replacements included: their leases go back on Ctrl-C
+
     def start(index: int) -> Any:
-        return launch(f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}")
+        worker_id = f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}"
+        started.append(worker_id)
+        return launch(worker_id)
 
     procs = [start(i) for i in range(config.workers)]
     watchers: list[Monitor] = ([display] if display is not None else []) + list(monitors)
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         while True:
             for watcher in watchers:
@@ -129,7 +142,13 @@ def _run(
             time.sleep(0.2)
         for proc in procs:
             proc.join(timeout=30)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers, then hand their members back now
+        _stop(procs)
+        _give_back_leases(population.store, config.name, started)
+        raise
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
@@ -182,6 +201,39 @@ def _launcher(
         return proc
 
     return spawn
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM stops the run as Ctrl-C does (so the leases go back); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _stop(procs: Sequence[Any]) -> None:  # spawned processes or zygote-forked WorkerProcess
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+
+
+def _give_back_leases(store: PopulationStore, run_name: str, worker_ids: Sequence[str]) -> None:
+    """Expire the (now dead) workers' leases, so a resumed run takes their members at once
+    instead of after ``lease_seconds``; each member resumes from its last checkpoint."""
+    for worker_id in worker_ids:
+        try:
+            store.heartbeat(run_name, worker_id, 0.0)
+        except Exception as exc:  # noqa: BLE001 - leaving anyway; the leases then expire on their own
+            log.warning("could not give back the leases of %s: %s", worker_id, exc)
+            return
 
 
 class Monitor(Protocol):

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Trainable"]
+__all__ = ["Trainable", "member_seed"]
+
+
+def member_seed(run_seed: int, member_id: int, step: int) -> int:
+    """The seed of ``member_id``'s trainable when it starts training at ``step`` (a 63-bit int).
+
+    Deterministic (a resumed member gets the seed it had), different for every member and for
+    every exploit (the copy starts a new data order at the exploit's step).
+    """
+    digest = hashlib.sha256(f"pbtune.member:{run_seed}:{member_id}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class Trainable(abc.ABC):
@@ -14,6 +25,12 @@ class Trainable(abc.ABC):
     checkpoints, and ``load`` after an exploit or when it resumes the member on another worker.
 
     Constructor keyword arguments come from the config's ``trainable_args``.
+
+    Before ``setup`` and before each ``load``, the runner sets ``member_id`` and ``seed``: a
+    per-member seed (from the run's seed, the member and the step it starts from) for initial
+    weights and data order. After an exploit the copy gets a new seed, so seed your data order
+    from ``self.seed`` in ``load`` (do not restore the donor's generator state) and the copy
+    draws other minibatches than its donor.
 
     Example:
         >>> class Quadratic(Trainable):
@@ -29,6 +46,9 @@ class Trainable(abc.ABC):
         >>> t = Quadratic(); t.setup({"lr": 0.1}); t.step()["score"] < 0
         True
     """
+
+    member_id: int | None = None  # set by the runner
+    seed: int | None = None  # set by the runner: per member, new after every exploit
 
     def __init__(self, **kwargs: Any) -> None:
         self.args = kwargs

@@ -23,8 +23,8 @@ from typing import Any
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
-from pbtune.engine.trainable import Trainable
-from pbtune.errors import InvalidConfigError, LeaseLostError, PBTuneError
+from pbtune.engine.trainable import Trainable, member_seed
+from pbtune.errors import CheckpointWriteError, InvalidConfigError, LeaseLostError, PBTuneError
 from pbtune.member import Member
 from pbtune.store import open_store
 from pbtune.store.base import PopulationStore, ScorePoint
@@ -113,6 +113,7 @@ class Worker:
         checkpoints: CheckpointStore | None = None,
         poll_seconds: float = 0.1,
         flush_seconds: float = 1.0,
+        storage_retry_seconds: float = 300.0,
     ) -> None:
         self.config = config
         self._factory: TrainableFactory = (
@@ -126,6 +127,7 @@ class Worker:
         self.checkpoints = checkpoints if checkpoints is not None else CheckpointStore(config.checkpoints)
         self._poll = poll_seconds
         self.flush_seconds = flush_seconds  # scores between checkpoints are written at most this late
+        self.storage_retry_seconds = storage_retry_seconds  # a checkpoint write is retried this long
         self._scratch = tempfile.mkdtemp(prefix="pbtune-worker-")
         self._cached: tuple[int, str | None, Trainable] | None = None  # (member, checkpoint key, trainable)
         self.stats = WorkerStats()
@@ -170,7 +172,7 @@ class Worker:
         except Exception:  # the user's code failed: record it, keep the run going
             self.stats.failures += 1
             self._cached = None
-            member.fail(traceback.format_exc())
+            member.fail_or_replace(traceback.format_exc())  # restarts from a donor while max_failures allows
 
     def _restore(self, member: Member) -> Trainable:
         record = member.record
@@ -178,6 +180,7 @@ class Worker:
             return self._cached[2]
         self._cached = None
         trainable = self._factory()
+        self._bind(trainable, member)
         trainable.setup(member.hparams)
         path = member.parameters_path()
         if path is not None:
@@ -190,6 +193,11 @@ class Worker:
         step = member.step
         pending: list[ScorePoint] = []  # scores not yet written: one transaction per flush, not per step
         last_flush = time.monotonic()
+        if config.sync and step < config.budget and member.is_ready():  # released while its generation waited
+            decided = self._decide(member, trainable)
+            if decided is None:
+                return
+            trainable = decided
         while step < config.budget:
             metrics = trainable.step()
             step += 1
@@ -205,17 +213,18 @@ class Worker:
                 trainable.save(checkpoint)
             started = time.perf_counter()
             try:
-                member.report(step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending)
+                self._report(member, step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending)
             finally:
                 if checkpoint is not None:
                     _remove(checkpoint)
             pending, last_flush = [], time.monotonic()
             if checkpoint is None or step >= config.budget:
                 continue
-            exploit = member.should_exploit()
+            decided = self._decide(member, trainable)
             self.stats.decision_seconds.append(time.perf_counter() - started)
-            if exploit and member.exploit() is not None:
-                trainable = self._adopt(member, trainable)
+            if decided is None:
+                return
+            trainable = decided
             if self.time_share:
                 self._cached = (member.member_id, member.record.checkpoint, trainable)
                 member.pause()
@@ -223,19 +232,60 @@ class Worker:
         member.finish()
         self._cached = None
 
+    def _decide(self, member: Member, trainable: Trainable) -> Trainable | None:
+        """The member's ready point: exploit and explore if told to. In generational mode it first
+        waits for its generation; a time-sharing worker releases it meanwhile (None) to train the
+        members that are behind."""
+        exploit = member.should_exploit()
+        while member.waiting:
+            if self.time_share:
+                self._cached = (member.member_id, member.record.checkpoint, trainable)
+                member.pause()
+                time.sleep(self._poll)
+                return None
+            time.sleep(self._poll)
+            exploit = member.should_exploit()
+        if exploit and member.exploit() is not None:
+            trainable = self._adopt(member, trainable)
+        return trainable
+
+    def _report(self, member: Member, step: int, score: float, **report: Any) -> None:
+        """``member.report``, retried with backoff while the checkpoint store cannot be written
+        (disk full, storage unreachable); the lease is kept by the heartbeat meanwhile. Past
+        ``storage_retry_seconds`` the error fails the member (``pbtune run --retry-failed``
+        resumes it from its last checkpoint)."""
+        deadline = time.monotonic() + self.storage_retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                member.report(step, score, **report)
+                return
+            except CheckpointWriteError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("member %d: %s; retrying in %.1f s", member.member_id, exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 30.0)
+
     def _adopt(self, member: Member, trainable: Trainable) -> Trainable:
         """Load the donor's weights and apply the explored hyperparameters."""
         new_hparams = member.explore()
         path = member.parameters_path()
         assert path is not None  # exploit() just copied a checkpoint
         if trainable.applies_hparams_in_place():
+            self._bind(trainable, member)  # a new seed: the copy's data order leaves the donor's
             trainable.load(path)
             trainable.set_hparams(new_hparams)
             return trainable
         rebuilt = self._factory()
+        self._bind(rebuilt, member)
         rebuilt.setup(new_hparams)
         rebuilt.load(path)
         return rebuilt
+
+    def _bind(self, trainable: Trainable, member: Member) -> None:
+        trainable.member_id = member.member_id
+        trainable.seed = member_seed(self.config.seed, member.member_id, member.step)
 
 
 def _score_of(metrics: Mapping[str, Any], metric: str) -> float:

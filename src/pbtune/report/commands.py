@@ -50,7 +50,7 @@ def _fail(message: str) -> None:
 
 def _load(storage: str, run_name: str) -> RunData:
     try:
-        return load_run(open_store(storage), run_name)
+        return load_run(open_store(storage, read_only=True), run_name)  # a read never creates a store
     except PBTuneError as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits
@@ -154,8 +154,8 @@ def replay(
         overrides = _parse_args(arg)
         args = None if overrides is None else {**dict(data.config.get("trainable_args") or {}), **overrides}
         result = replay_member(
-            open_store(storage), run_name, member_id, trainable=trainable, steps=steps, trainable_args=args,
-            save_to=save,
+            open_store(storage, read_only=True), run_name, member_id, trainable=trainable, steps=steps,
+            trainable_args=args, save_to=save,
         )
     except PBTuneError as exc:
         _fail(str(exc))
@@ -221,7 +221,7 @@ def watch(
     data = _load(storage, run_name)
     try:
         config = RunConfig.from_dict(data.config)
-        store = open_store(storage)
+        store = open_store(storage, read_only=True)
     except PBTuneError as exc:
         _fail(str(exc))
         return

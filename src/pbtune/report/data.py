@@ -20,10 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pbtune.ancestry import LineageEdge, Segment, ancestry, lineage_edges, model_age
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.lineage import SCHEDULE_KINDS, ScheduleEntry, schedule
-from pbtune.ranking import best_member
-from pbtune.report.ancestry import LineageEdge, Segment, ancestry, lineage_edges, model_age
+from pbtune.ranking import best_member, ranking_from_config
 from pbtune.space import Choice, Space
 from pbtune.store.base import PopulationStore
 from pbtune.types import EventRecord, MemberRecord, ScoreRecord
@@ -355,7 +355,7 @@ def ancestry_scores(data: RunData, member_id: int, step: int | None = None) -> C
 # -- members -------------------------------------------------------------------------------------
 def best_member_id(data: RunData) -> int | None:
     """The best member's id by :func:`pbtune.ranking.best_member`'s rule, or None."""
-    best = best_member(data.members, data.mode)
+    best = best_member(data.members, data.mode, ranking_from_config(data.config.get("ranking")))
     return best.member_id if best is not None else None
 
 

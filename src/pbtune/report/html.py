@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pbtune.diversity import diversity
 from pbtune.report._files import atomic_file
 from pbtune.report.data import (
     RunData,
@@ -231,6 +232,7 @@ def render_report(data: RunData, *, dpi: int = 90) -> str:
         for name, encoded in images.items()
     )
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    spread = diversity(data.members, data.events, data.space).summary()
     config_json = json.dumps(dict(data.config), indent=2, default=str, sort_keys=True)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -239,7 +241,8 @@ def render_report(data: RunData, *, dpi: int = 90) -> str:
 <header><h1>PBT run <code>{_esc(data.run)}</code></h1>
 <p class="summary" id="summary">{headline}.</p>
 <p class="summary">{len(data.members)} members, {finished} done; budget {_esc(_fmt(data.budget))} steps each;
-{exploits} exploits. Generated {generated} by pbtune.</p>
+{exploits} exploits. Diversity: <span id="diversity">{_esc(spread)}</span>.
+Generated {generated} by pbtune.</p>
 <nav><a href="#figures">figures</a><a href="#members">members</a><a href="#schedule">best schedule</a>
 <a href="#events">lineage events</a><a href="#config">config</a></nav></header>
 <section id="figures"><h2>Figures</h2>{figures_html}</section>

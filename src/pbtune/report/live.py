@@ -34,7 +34,8 @@ def _fmt_hparams(hparams: Any) -> str:
 
 
 def _done_steps(members: Sequence[MemberRecord], budget: int) -> int:
-    return sum(budget if m.state.is_final else min(m.step, budget) for m in members)
+    # a failed member's remaining steps were not done: the bar must not reach 100% on failures
+    return sum(budget if m.state is MemberState.FINISHED else min(m.step, budget) for m in members)
 
 
 def progress_line(config: RunConfig, members: Sequence[MemberRecord], events: Sequence[EventRecord]) -> str:
@@ -47,14 +48,20 @@ def progress_line(config: RunConfig, members: Sequence[MemberRecord], events: Se
     """
     total = config.budget * max(len(members), 1)
     done = _done_steps(members, config.budget)
-    top = best_member(members, config.mode)
+    top = best_member(members, config.mode, config.ranking)
     best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
     exploits = sum(e.kind == "exploit" for e in events)
-    finished = sum(m.state.is_final for m in members)
+    finished = sum(m.state is MemberState.FINISHED for m in members)
+    failed = sum(m.state is MemberState.FAILED for m in members)
     return (
         f"run {config.name}: {done}/{total} steps ({100 * done // total}%), best {best}, "
-        f"{exploits} exploits, {finished}/{len(members)} members done"
+        f"{exploits} exploits, {finished}/{len(members)} members done" + (f", {failed} FAILED" if failed else "")
     )
+
+
+def _failed_note(members: Sequence[MemberRecord]) -> str:
+    failed = sum(m.state is MemberState.FAILED for m in members)
+    return f" · [bold red]{failed} failed[/]" if failed else ""
 
 
 class LiveDisplay:
@@ -102,7 +109,7 @@ class LiveDisplay:
             if e.kind in _NOTABLE:
                 last[e.member_id] = e
         order = ranked(members, config.mode)
-        top = best_member(members, config.mode)
+        top = best_member(members, config.mode, config.ranking)
         best_id = top.member_id if top is not None else None
         shown = list(members)
         if len(shown) > self.max_rows:  # keep the best ones (then unscored ones), in id order
@@ -130,11 +137,11 @@ class LiveDisplay:
         from rich.console import Group
 
         self._ensure_progress(config, members)
-        top = best_member(members, config.mode)
+        top = best_member(members, config.mode, config.ranking)
         best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
         self._progress.update(
             self._task, total=config.budget * max(len(members), 1), completed=_done_steps(members, config.budget),
-            best=best, exploits=sum(e.kind == "exploit" for e in events),
+            best=best, exploits=sum(e.kind == "exploit" for e in events), failed=_failed_note(members),
         )
         return Group(self.table(config, members, events), self._progress)
 
@@ -153,11 +160,11 @@ class LiveDisplay:
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            TextColumn("best {task.fields[best]} · {task.fields[exploits]} exploits"),
+            TextColumn("best {task.fields[best]} · {task.fields[exploits]} exploits{task.fields[failed]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
         )
         self._task = self._progress.add_task(
-            "member-steps", total=config.budget * max(len(members), 1), best="-", exploits=0
+            "member-steps", total=config.budget * max(len(members), 1), best="-", exploits=0, failed=""
         )
 
     # -- monitor protocol --------------------------------------------------------------------

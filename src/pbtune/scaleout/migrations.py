@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pbtune.errors import SchemaVersionError, StoreError
 from pbtune.store import _schema as schema
-from pbtune.store.sql import _SCHEMA_LOCK
+from pbtune.store._sql_rows import _SCHEMA_LOCK
 
 __all__ = ["STEPS", "Upgrade", "current_version", "migration", "upgrade"]
 
@@ -174,3 +174,13 @@ def _exploit_events_record_checkpoints(conn: Connection) -> None:
     """v1 -> v2: exploit events name the donor checkpoint copied and the copy (older events keep NULL)."""
     conn.execute(sa.text("ALTER TABLE pbtune_events ADD COLUMN donor_checkpoint VARCHAR(500)"))
     conn.execute(sa.text("ALTER TABLE pbtune_events ADD COLUMN checkpoint VARCHAR(500)"))
+
+
+@migration(2)
+def _members_keep_recent_scores(conn: Connection) -> None:
+    """v2 -> v3: members keep their recent scores (older members start with none); checkpoints get
+    a (run, member) index so collecting a member's old checkpoints does not scan the run."""
+    conn.execute(sa.text("ALTER TABLE pbtune_members ADD COLUMN recent JSON"))
+    conn.execute(sa.text(
+        "CREATE INDEX IF NOT EXISTS ix_pbtune_checkpoints_run_member ON pbtune_checkpoints (run, member_id)"
+    ))

@@ -148,6 +148,8 @@ def launch_ray(
     max_restarts: int | None = None,
     monitors: Sequence[Monitor] = (),
     init_kwargs: Mapping[str, Any] | None = None,
+    extend_budget: bool = False,
+    retry_failed: bool = False,
 ) -> RunResult:
     """Train the population on ``config.workers`` Ray actors and return the best member.
 
@@ -164,6 +166,7 @@ def launch_ray(
         max_restarts: actors replaced after they die (default ``3 * workers``).
         monitors: objects with ``update(store, config)`` and ``close()`` (as in ``pbtune.run``).
         init_kwargs: extra ``ray.init`` arguments when this call starts Ray.
+        extend_budget / retry_failed: as in :func:`pbtune.run`.
 
     Raises:
         PBTuneError: Ray is not installed, or an actor died after all restarts were used.
@@ -184,7 +187,8 @@ def launch_ray(
         load_trainable(target)  # fail here, not in every actor
     opts = dict(storage_options or {})
     _ensure_sqlite_folder(config.storage)
-    population = Population(config, checkpoints=CheckpointStore(config.checkpoints, **opts))
+    population = Population(config, checkpoints=CheckpointStore(config.checkpoints, **opts),
+                            extend_budget=extend_budget, retry_failed=retry_failed)
     if all(m.state.is_final for m in population.members()):  # resumed a finished run
         return summarize(config, population.store, population.checkpoints)
     started_here = not ray.is_initialized()

@@ -11,12 +11,13 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from pbtune.types import MemberRecord
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "MAX_STEP",
     "TOKEN_PATTERN",
     "float_to_wire",
     "float_from_wire",
@@ -32,6 +33,10 @@ __all__ = [
 PROTOCOL_VERSION = 1
 TOKEN_PATTERN = r"^[A-Za-z0-9_.:@-]{1,120}$"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
+_FLOAT_MAX = 1.7976931348623157e308
+# Steps are 32-bit integers in the store (PostgreSQL INTEGER); one below the top leaves room for
+# the step after it (a report without ``step`` is the last step + 1).
+MAX_STEP = 2**31 - 2
 _NON_FINITE = {"nan": math.nan, "infinity": math.inf, "inf": math.inf, "-infinity": -math.inf, "-inf": -math.inf}
 
 
@@ -52,7 +57,10 @@ def float_from_wire(value: Any) -> float:
         except KeyError:
             raise ValueError("a number or one of 'NaN', 'Infinity', '-Infinity'") from None
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range
+            raise ValueError(f"a number within +-{_FLOAT_MAX:.3g}") from None
     raise ValueError("a number")
 
 
@@ -78,7 +86,14 @@ def _token(value: Any) -> Any:
     return value
 
 
-Token = Annotated[str | None, BeforeValidator(_token)]
+_TOKEN_DOC = (
+    "The client token: for a free-member join, the name the lease is taken under; for every member request,"
+    " the token the join answered (null for a member joined by id without a lease). A request whose token"
+    " does not hold the member's lease is refused with 409 lease_lost."
+)
+Token = Annotated[
+    str | None, BeforeValidator(_token), Field(description=_TOKEN_DOC, json_schema_extra={"pattern": TOKEN_PATTERN})
+]
 
 
 def member_to_wire(record: MemberRecord) -> dict[str, Any]:
@@ -99,16 +114,41 @@ def member_to_wire(record: MemberRecord) -> dict[str, Any]:
     }
 
 
+def _utf8_only(value: Any) -> None:
+    """Reject strings that cannot be written as UTF-8 (a JSON ``\\ud800`` decodes to a lone
+    surrogate, which every later encode - the store, a file name, a log line - chokes on)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text without lone surrogates (valid UTF-8)") from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _utf8_only(key)
+            _utf8_only(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _utf8_only(item)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `true` is not the integer 1, "3" is not a step (floats still take integers)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _utf8_only(data)
+        return data
 
 
 class JoinRequest(_Strict):
     """Join the population: as ``member_id`` (rejoin), or as any free member (``member_id`` null)."""
 
-    member_id: int | None = Field(default=None, ge=0)
+    member_id: int | None = Field(default=None, ge=0, description="rejoin this member; null: any free member")
     token: Token = None
-    space: dict[str, Any] | None = None
+    space: dict[str, Any] | None = Field(default=None, description="the client's search space (creates the run"
+                                         " if the server has none; must equal the run's otherwise)")
 
 
 class TokenRequest(_Strict):
@@ -116,15 +156,19 @@ class TokenRequest(_Strict):
 
 
 class CheckpointSpec(_Strict):
-    """Exactly one of: ``upload`` (an id from ``POST /uploads``) or ``path`` (on a shared filesystem)."""
+    """Exactly one of: ``upload`` (an id from ``POST /uploads``) or ``path`` (on a shared filesystem).
 
-    upload: str | None = Field(default=None, max_length=64)
-    path: str | None = Field(default=None, max_length=4096)
+    Both or neither is refused with 422 ``invalid``.
+    """
+
+    upload: str | None = Field(default=None, max_length=64, description="exactly one of upload or path")
+    path: str | None = Field(default=None, max_length=4096, description="exactly one of upload or path: an"
+                             " absolute path without '..' inside one of the server's shared roots")
 
 
 class ReportRequest(_Strict):
     token: Token = None
-    step: int | None = Field(default=None, ge=0)
+    step: int | None = Field(default=None, ge=0, le=MAX_STEP)
     metric: WireFloat
     metrics: Annotated[dict[str, Any] | None, BeforeValidator(_metrics_from_wire)] = None
     checkpoint: CheckpointSpec | None = None
@@ -132,7 +176,7 @@ class ReportRequest(_Strict):
 
 class ExploitRequest(_Strict):
     token: Token = None
-    step: int | None = Field(default=None, ge=0)
+    step: int | None = Field(default=None, ge=0, le=MAX_STEP)
     after_decision: bool = False
 
 

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pbtune.errors import (
     CheckpointError,
@@ -40,6 +44,7 @@ from pbtune.errors import (
     PBTuneError,
     StoreError,
 )
+from pbtune.server._service_rules import donor_to_wire
 from pbtune.server._wire import (
     ExploitRequest,
     ExploreRequest,
@@ -49,13 +54,14 @@ from pbtune.server._wire import (
     member_to_wire,
 )
 from pbtune.server.errors import ServerError
-from pbtune.server.service import PopulationService, donor_to_wire
+from pbtune.server.service import PopulationService
 
-__all__ = ["create_app", "MAX_JSON_BYTES"]
+__all__ = ["create_app", "MAX_JSON_BYTES", "MAX_JSON_DEPTH"]
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
 _OPEN_PATHS = frozenset({"/health"})
 
 
@@ -83,12 +89,73 @@ class AuthMiddleware:
             response = _error(401, "unauthorized", f"{reason} auth key: send the header 'Authorization: Bearer <key>'")
             await response(scope, receive, send)
             return
+        if scope["path"] == self._upload_path:  # uploads stream to disk under their own limit
+            await self.app(scope, receive, send)
+            return
+        # JSON bodies are read here, counting as they stream in: a chunked body announces no
+        # length, so the limit must hold while reading, not only on Content-Length.
         length = headers.get(b"content-length", b"")
-        if scope["path"] != self._upload_path and length.isdigit() and int(length) > MAX_JSON_BYTES:
+        body = None if length.isdigit() and int(length) > MAX_JSON_BYTES else await _read_limited(receive)
+        if body is None:
             refusal = _error(413, "too_large", f"request bodies are limited to {MAX_JSON_BYTES} bytes")
             await refusal(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if _nesting(body) > MAX_JSON_DEPTH:
+            refusal = _error(400, "bad_json", f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # JSON strings (unrolled: linear and fast)
+
+
+def _nesting(body: bytes) -> int:
+    """How deep the JSON arrays/objects of ``body`` nest (strings skipped). Deep bodies are refused
+    before parsing: the parser, validation and the store all recurse."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0
+    depth = deepest = 0
+    for char in _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS):
+        depth += 1 if char in b"[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                break  # deep enough to refuse: no need to read on
+    return deepest
+
+
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+async def _read_limited(receive: Receive) -> bytes | None:
+    """The whole request body, or None as soon as it exceeds :data:`MAX_JSON_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away: nothing to answer
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for a disconnect, as the server would
+
+    return replay
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -120,6 +187,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, "invalid", detail, field=where, where="request", constraint=str(first.get("msg")),
                       value=repr(first.get("input"))[:200])
 
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's own answers (no route, wrong method, a body it could not parse) in our shape
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return _error(404, "not_found", "no such route: see GET /openapi.json")
+        if exc.status_code == 405:
+            return _error(405, "method_not_allowed", "this route does not take that method: see GET /openapi.json")
+        if exc.status_code == 400:
+            return _error(400, "bad_json", "the request body is not valid JSON")
+        return _error(exc.status_code, "http_error", f"HTTP {exc.status_code}")
+
+    async def store_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # the driver's text (SQL, parameters, host names) stays in the server log
+        log.error("population store error: %s", exc)
+        return _error(503, "store_unavailable", "the population store is unavailable; retry later")
+
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error in the pbtune server")
         return _error(500, "internal", f"internal server error: {type(exc).__name__}")
@@ -133,9 +216,60 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LeaseLostError, handler(409, "lease_lost"))
     app.add_exception_handler(CorruptCheckpointError, handler(500, "corrupt_checkpoint"))
     app.add_exception_handler(CheckpointError, handler(422, "checkpoint_error"))
-    app.add_exception_handler(StoreError, handler(503, "store_unavailable"))
+    app.add_exception_handler(StoreError, store_unavailable)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(PBTuneError, handler(409, "conflict"))
     app.add_exception_handler(Exception, unexpected)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (4xx and 5xx) has this shape."""
+
+    error: str = Field(description="a stable code, e.g. invalid, lease_lost, not_found, too_large")
+    detail: str = Field(description="a message for people")
+    field: str | None = Field(default=None, description="for `invalid`: the field at fault")
+    where: str | None = None
+    constraint: str | None = None
+    value: str | None = None
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "refused; nothing was changed"},
+    "5XX": {"model": ErrorBody, "description": "server or store failure (503: retry later)"},
+}
+
+_API_DESCRIPTION = (
+    "Every route except GET /health needs the header `Authorization: Bearer <key>` (401 otherwise,"
+    " checked before the body is read). JSON bodies are at most 1 MiB and 32 levels deep. Member"
+    " requests carry the `token` their join answered: a token that does not hold the member's lease"
+    " is refused (409 lease_lost). A report's `checkpoint` has exactly one of `upload` or `path`."
+    " Non-finite floats travel as the strings \"NaN\", \"Infinity\", \"-Infinity\"."
+)
+
+
+def _add_security_scheme(app: FastAPI) -> None:
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+            schema["paths"].get("/health", {}).get("get", {})["security"] = []
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _member_path(
+    member_id: Annotated[str, FastAPIPath(pattern=r"^(0|-?[1-9][0-9]{0,17})$",
+                                          description="a member id: 0, 1, ... (no sign, point or leading zero)")],
+) -> int:
+    return int(member_id)
+
+
+MemberId = Annotated[int, Depends(_member_path)]
 
 
 def create_app(service: PopulationService, *, auth_key: str | bytes) -> FastAPI:
@@ -143,7 +277,9 @@ def create_app(service: PopulationService, *, auth_key: str | bytes) -> FastAPI:
     key = auth_key.encode() if isinstance(auth_key, str) else bytes(auth_key)
     if not key:
         raise InvalidConfigError("auth_key", "pbtune server", "a non-empty key", auth_key)
-    app = FastAPI(title="pbtune server", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="pbtune server", version="1", description=_API_DESCRIPTION, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json", responses=_ERROR_RESPONSES)
+    _add_security_scheme(app)
     _install_error_handlers(app)
     app.add_middleware(AuthMiddleware, key=key)
     started = time.time()
@@ -168,45 +304,45 @@ def create_app(service: PopulationService, *, auth_key: str | bytes) -> FastAPI:
                 "info": service.info()}
 
     @app.get("/members/{member_id}")
-    def member(member_id: int) -> dict[str, Any]:
+    def member(member_id: MemberId) -> dict[str, Any]:
         return {"member": member_to_wire(service.member(member_id))}
 
     @app.post("/members/{member_id}/heartbeat")
-    def heartbeat(member_id: int, body: TokenRequest) -> dict[str, Any]:
+    def heartbeat(member_id: MemberId, body: TokenRequest) -> dict[str, Any]:
         return {"held": service.heartbeat(member_id, body.token)}
 
     @app.post("/members/{member_id}/report")
-    def report(member_id: int, body: ReportRequest) -> dict[str, Any]:
+    def report(member_id: MemberId, body: ReportRequest) -> dict[str, Any]:
         record = service.report(member_id, body.token, body.step, body.metric, metrics=body.metrics,
                                 checkpoint=body.checkpoint)
         return {"member": member_to_wire(record)}
 
     @app.post("/members/{member_id}/should-exploit")
-    def should_exploit(member_id: int, body: TokenRequest) -> dict[str, Any]:
+    def should_exploit(member_id: MemberId, body: TokenRequest) -> dict[str, Any]:
         decided, record = service.should_exploit(member_id, body.token)
         return {"exploit": decided, "member": member_to_wire(record)}
 
     @app.post("/members/{member_id}/exploit")
-    def exploit(member_id: int, body: ExploitRequest) -> dict[str, Any]:
+    def exploit(member_id: MemberId, body: ExploitRequest) -> dict[str, Any]:
         donor, record = service.exploit(member_id, body.token, body.step, body.after_decision)
         return {"donor": donor_to_wire(donor), "member": member_to_wire(record)}
 
     @app.post("/members/{member_id}/explore")
-    def explore(member_id: int, body: ExploreRequest) -> dict[str, Any]:
+    def explore(member_id: MemberId, body: ExploreRequest) -> dict[str, Any]:
         hparams, record = service.explore(member_id, body.token, body.from_hparams)
         return {"hparams": hparams, "member": member_to_wire(record)}
 
     @app.post("/members/{member_id}/finish")
-    def finish(member_id: int, body: TokenRequest) -> dict[str, Any]:
+    def finish(member_id: MemberId, body: TokenRequest) -> dict[str, Any]:
         return {"member": member_to_wire(service.finish(member_id, body.token))}
 
     @app.get("/members/{member_id}/checkpoint")
-    def checkpoint(member_id: int) -> dict[str, Any]:
+    def checkpoint(member_id: MemberId) -> dict[str, Any]:
         found = service.checkpoint(member_id)
         return {"checkpoint": found}
 
     @app.get("/members/{member_id}/checkpoint/content")
-    def checkpoint_content(member_id: int, sha256: str | None = None) -> Response:
+    def checkpoint_content(member_id: MemberId, sha256: str | None = None) -> Response:
         found = service.checkpoint(member_id)
         if found is None:
             raise NotFoundError(f"member {member_id} has no checkpoint yet")

@@ -21,12 +21,9 @@ bytes to the server (checksummed, size-limited) and downloads donors' checkpoint
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import re
-import socket
 import tempfile
 import threading
 import uuid
@@ -39,6 +36,7 @@ import httpx
 from pbtune.checkpoints import digest  # the checksum the checkpoint store records
 from pbtune.errors import CheckpointError, CorruptCheckpointError, InvalidConfigError, PBTuneError
 from pbtune.member import Donor
+from pbtune.server._client_files import new_token, read_identity, safe_name, sha256_of, write_identity
 from pbtune.server._http import RetryingTransport, tls_verify
 from pbtune.server._wire import float_from_wire, float_to_wire, metrics_to_wire
 from pbtune.server.errors import ServerError
@@ -124,11 +122,11 @@ class PBTClient:
             raise
         self.run: str = self._info["run"]
         self._cache_dir = cache_dir or os.path.join(
-            tempfile.gettempdir(), "pbtune-client", _safe(self.run), f"member-{self.member_id:04d}")
+            tempfile.gettempdir(), "pbtune-client", safe_name(self.run), f"member-{self.member_id:04d}")
 
     # -- joining -----------------------------------------------------------------------------
     def _join(self, member_id: int | None) -> None:
-        identity = _read_identity(self._identity_file)
+        identity = read_identity(self._identity_file)
         if identity is not None and identity["run"] not in (None, self._get("/info")["run"]):
             log.warning("ignoring %s: it names a member of run %r, the server serves another run",
                         self._identity_file, identity["run"])
@@ -136,14 +134,14 @@ class PBTClient:
         if member_id is None and identity is not None:
             member_id = identity["member_id"]
         token = identity["token"] if identity and identity["member_id"] == member_id and identity["token"] else None
-        token = token or _new_token()
+        token = token or new_token()
         answer = self._post("/join", {"member_id": member_id, "token": token, "space": self._space})
         self._info: dict[str, Any] = answer["info"]
         self._view: dict[str, Any] = answer["member"]
         self.member_id: int = int(self._view["member_id"])
         self._token: str | None = answer["token"]
         if self._identity_file:
-            _write_identity(self._identity_file, {"server": self.base_url, "run": self._info["run"],
+            write_identity(self._identity_file, {"server": self.base_url, "run": self._info["run"],
                                                   "member_id": self.member_id, "token": self._token})
         if self._token is not None:
             interval = max(float(answer["lease_seconds"]) / 3.0, 0.05)
@@ -290,7 +288,7 @@ class PBTClient:
             raise CheckpointError(f"checkpoint {path!r} has {size} bytes, more than the server's upload limit"
                                   f" of {limit} bytes (pbtune server --max-upload-mb)")
         suffix = os.path.splitext(path)[1]
-        headers = {"X-Pbtune-Sha256": _sha256(path), "X-Pbtune-Suffix": suffix if _SUFFIX_RE.match(suffix) else "",
+        headers = {"X-Pbtune-Sha256": sha256_of(path), "X-Pbtune-Suffix": suffix if _SUFFIX_RE.match(suffix) else "",
                    "Content-Type": "application/octet-stream"}
         answer = self._transport.request("POST", "/uploads", content_factory=lambda: open(path, "rb"),
                                          headers=headers)
@@ -358,48 +356,3 @@ def _heartbeat_loop(http: httpx.Client, path: str, token: str, interval: float, 
         if answer.is_success and not answer.json().get("held", True) and not warned:
             log.warning("this client lost its lease on %s (another client took the member over)", path)
             warned = True
-
-
-def _new_token() -> str:
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
-    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:10]}"
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100] or "run"
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _read_identity(path: str | None) -> dict[str, Any] | None:
-    if not path or not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise InvalidConfigError("identity_file", "PBTClient", f"a readable JSON file ({exc})", path) from None
-    member_id = data.get("member_id") if isinstance(data, dict) else None
-    if isinstance(member_id, bool) or not isinstance(member_id, int) or member_id < 0:
-        raise InvalidConfigError("member_id", path, "an integer >= 0", member_id)
-    token = data.get("token")
-    run = data.get("run")
-    return {"member_id": member_id, "token": token if isinstance(token, str) else None,
-            "run": run if isinstance(run, str) else None}
-
-
-def _write_identity(path: str, data: Mapping[str, Any]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(dict(data), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)

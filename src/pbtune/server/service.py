@@ -13,8 +13,13 @@ How member ids are handed out (a population of N members ``0..N-1``):
   heartbeating for ``lease_seconds`` is free again (the next client resumes it from its last
   checkpoint). When none is free the join fails with ``population_full``.
 * Joining with an id rejoins that member: a restarted client keeps its identity. A member
-  leased to another live client is refused (``member_held``); an unleased one is reserved
-  for whoever names it, and is never handed to a client that joins without an id.
+  leased to another live client is refused (``member_held``); one leased to a dead client
+  is taken over under the joining client's own token (a fresh one, never the dead client's),
+  from its last checkpoint; an unleased one is reserved for whoever names it, and is never
+  handed to a client that joins without an id.
+* Every write and decision (report, should-exploit, exploit, explore, finish) checks that
+  the request's token is the member's lease holder: a client that lost its lease gets
+  ``lease_lost`` (409) and changes nothing.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from typing import Any
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
-from pbtune.errors import NotFoundError
+from pbtune.errors import LeaseLostError, NotFoundError
 from pbtune.member import Donor, Member, Population
-from pbtune.ranking import best_member
-from pbtune.server._wire import PROTOCOL_VERSION, CheckpointSpec, float_to_wire, member_to_wire
+from pbtune.server._service_reads import CheckpointInfo, ServiceReads
+from pbtune.server._service_rules import already_reported, check_step_increases, fresh_token
+from pbtune.server._wire import CheckpointSpec
 from pbtune.server.errors import PopulationFullError, ServerError
 from pbtune.server.uploads import UploadArea
 from pbtune.space import Space
@@ -44,10 +50,7 @@ __all__ = ["PopulationService", "CheckpointInfo"]
 
 log = logging.getLogger(__name__)
 
-CheckpointInfo = dict[str, Any]
-
-
-class PopulationService:
+class PopulationService(ServiceReads):
     """One run of a store, served to remote members.
 
     Args:
@@ -173,6 +176,23 @@ class PopulationService:
         with self._locks[member_id], (self._write_gate if writes else contextlib.nullcontext()):
             yield
 
+    def _check_holder(self, record: MemberRecord, token: str | None) -> None:
+        """Every write and decision: the request's token must be the member's lease holder
+        (None for a member joined by id without a lease). A stale client is refused."""
+        if record.lease_owner != token:
+            held = f"the client {record.lease_owner!r}" if record.lease_owner else "no client (it was released)"
+            raise LeaseLostError(
+                f"this client (token {token!r}) no longer holds member {record.member_id} of run"
+                f" {self.run_name!r}: it is held by {held}; join again"
+            )
+
+    def _holder_handle(self, member_id: int, token: str | None) -> tuple[Member, MemberRecord]:
+        """The member's handle and fresh record, after the lease check."""
+        member = self._handle(member_id, token)
+        record = member.refresh()
+        self._check_holder(record, token)
+        return member, record
+
     def _handle(self, member_id: int, token: str | None) -> Member:
         """The cached Member for this member and token (it carries the pending exploit decision)."""
         population = self._check_member_id(member_id)
@@ -220,9 +240,22 @@ class PopulationService:
                         f" {(record.lease_expires or 0.0) - self._clock():.0f} s more); join as another member or wait",
                         status=409, code="member_held",
                     )
-                # our own lease, or a dead client's: take it over and keep it alive
-                self.store.heartbeat(self.run_name, record.lease_owner, config.lease_seconds)
-                return self.store.get_member(self.run_name, member_id), record.lease_owner
+                if record.lease_owner == token:  # our own lease (a restarted client): keep it alive
+                    self.store.heartbeat(self.run_name, token, config.lease_seconds)
+                    return self.store.get_member(self.run_name, member_id), token
+                # a dead client's lease: taken over under a fresh token (never the dead client's,
+                # which would let both write), from the member's last checkpoint
+                fresh = token or fresh_token()
+                taken = self.store.claim(self.run_name, fresh, config.lease_seconds, config.budget,
+                                         member_id=member_id)
+                if taken is None:  # its client heartbeat (or another rejoin won) just now
+                    raise ServerError(f"member {member_id} was just taken by another client",
+                                      status=409, code="member_held")
+                self._handles.pop(member_id, None)
+                self._decided.discard(member_id)
+                log.info("client %s took member %d over from the dead client %s", fresh, member_id,
+                         record.lease_owner)
+                return taken, fresh
             if record.state in (MemberState.PENDING, MemberState.PAUSED):
                 record = self.store.set_state(self.run_name, member_id, MemberState.RUNNING)
                 if record.lease_owner not in (None, token):  # a free-member join won the race
@@ -264,12 +297,12 @@ class PopulationService:
         self._check_member_id(member_id)
         upload = checkpoint.upload if checkpoint is not None else None
         with self._serialized(member_id):
-            member = self._handle(member_id, token)
-            record = member.refresh()
+            member, record = self._holder_handle(member_id, token)
             step = record.step + 1 if step is None else step
-            if _already_reported(record, step, metric, checkpoint is not None):
+            if already_reported(record, step, metric, checkpoint is not None):
                 result = record
             else:
+                check_step_increases(record, step)
                 source = self._checkpoint_source(checkpoint)
                 member.report(step, metric, checkpoint=source, metrics=metrics)
                 self._decided.discard(member_id)
@@ -310,7 +343,7 @@ class PopulationService:
     def should_exploit(self, member_id: int, token: str | None) -> tuple[bool, MemberRecord]:
         self._check_member_id(member_id)
         with self._serialized(member_id, writes=False):
-            member = self._handle(member_id, token)
+            member, _ = self._holder_handle(member_id, token)
             decided = member.should_exploit()
             if decided:
                 self._decided.add(member_id)
@@ -329,7 +362,7 @@ class PopulationService:
         """
         self._check_member_id(member_id)
         with self._serialized(member_id):
-            member = self._handle(member_id, token)
+            member, _ = self._holder_handle(member_id, token)
             if member_id in self._decided:
                 self._decided.discard(member_id)
                 return member.exploit(), member.record
@@ -361,8 +394,7 @@ class PopulationService:
         """Explore; if ``from_hparams`` was already explored away from (a retry), return the result."""
         self._check_member_id(member_id)
         with self._serialized(member_id):
-            member = self._handle(member_id, token)
-            record = member.refresh()
+            member, record = self._holder_handle(member_id, token)
             if from_hparams is not None and dict(record.hparams) != dict(from_hparams):
                 events = self.store.events(self.run_name, member_id)
                 last = events[-1] if events else None
@@ -378,76 +410,10 @@ class PopulationService:
             member = self._handle(member_id, token)
             if member.refresh().state is MemberState.FINISHED:
                 return member.record  # a retried finish
+            self._check_holder(member.record, token)
             member.finish()
             self._decided.discard(member_id)
             return member.record
 
-    # -- reads -------------------------------------------------------------------------------
-    def member(self, member_id: int) -> MemberRecord:
-        self._check_member_id(member_id)
-        return self.store.get_member(self.run_name, member_id)
-
-    def checkpoint(self, member_id: int) -> CheckpointInfo | None:
-        """The member's current checkpoint as a verified local path (what parameters_path loads)."""
-        population = self._check_member_id(member_id)
-        record = self.store.get_member(self.run_name, member_id)
-        if record.checkpoint is None:
-            return None
-        path = population.checkpoints.fetch(record.checkpoint, record.checkpoint_sha256 or "")
-        is_dir = os.path.isdir(path)
-        return {
-            "path": path, "sha256": record.checkpoint_sha256, "step": record.checkpoint_step, "is_dir": is_dir,
-            "size": None if is_dir else os.path.getsize(path),
-        }
-
-    def info(self) -> dict[str, Any]:
-        config = self.config
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "run": self.run_name,
-            "created": config is not None,
-            "mode": config.mode if config else self.template.get("mode"),
-            "population": config.population if config else self.template.get("population"),
-            "budget": config.budget if config else self.template.get("budget"),
-            "ready_interval": config.ready.interval if config else None,
-            "lease_seconds": config.lease_seconds if config else self.template.get("lease_seconds"),
-            "space": config.space.to_config() if config else None,
-            "shared_roots": list(self.shared_roots),
-            "max_upload_bytes": self.uploads.max_bytes,
-        }
-
-    def population_view(self) -> dict[str, Any]:
-        """The live population: every member's state, step, score and hyperparameters."""
-        if self.config is None:
-            return {"run": self.run_name, "created": False, "members": [], "best": None}
-        members = self.store.list_members(self.run_name)
-        top = best_member(members, self.config.mode)
-        best = top.member_id if top is not None else None
-        return {
-            "run": self.run_name,
-            "created": True,
-            "mode": self.config.mode,
-            "population": self.config.population,
-            "budget": self.config.budget,
-            "best": best,
-            "time": self._clock(),
-            "members": [member_to_wire(m) for m in members],
-        }
-
     def close(self) -> None:
         self.store.close()
-
-
-def _already_reported(record: MemberRecord, step: int, metric: float, with_checkpoint: bool) -> bool:
-    """True when ``record`` already holds exactly this report (its answer was lost; it is retried)."""
-    if record.score_step != step or record.step != step or record.score is None:
-        return False
-    same = record.score == metric or (math.isnan(record.score) and math.isnan(metric))
-    return same and (not with_checkpoint or record.checkpoint_step == step)
-
-
-def donor_to_wire(donor: Donor | None) -> dict[str, Any] | None:
-    if donor is None:
-        return None
-    return {"member_id": donor.member_id, "step": donor.step, "score": float_to_wire(donor.score),
-            "hparams": dict(donor.hparams)}

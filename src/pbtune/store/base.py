@@ -296,6 +296,22 @@ class PopulationStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    def reopen_members(
+        self, run: str, states: Sequence[MemberState], *, summary: str, config: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        """Move every member in one of ``states`` back to ``PAUSED``, in one transaction; return their ids.
+
+        The only way out of a final state, for two explicit user requests: training a finished
+        run further (with ``config``, the run's new stored config, e.g. a larger budget) and
+        retrying failed members. A failed member resumes from its last checkpoint (its step goes
+        back to the checkpoint's; none: to 0); a finished one from where it stopped. Each gets a
+        ``reopen`` lineage event with ``summary``; its lease and error are cleared.
+
+        Raises:
+            NotFoundError: no such run.
+        """
+
+    @abc.abstractmethod
     def set_state(
         self,
         run: str,
@@ -315,12 +331,15 @@ class PopulationStore(abc.ABC):
 
     # -- leases ------------------------------------------------------------------------------
     @abc.abstractmethod
-    def claim(self, run: str, worker: str, lease_seconds: float, budget: int) -> MemberRecord | None:
+    def claim(
+        self, run: str, worker: str, lease_seconds: float, budget: int, *, member_id: int | None = None
+    ) -> MemberRecord | None:
         """Lease the least advanced runnable member below ``budget`` steps, or return None.
 
         Runnable: PENDING, PAUSED, or RUNNING whose lease expired (its worker died). A member
         taken over from a dead worker is rolled back to its last checkpoint and gets a
-        ``resume`` event.
+        ``resume`` event. With ``member_id``, only that member is leased (if runnable, at any
+        step): a client rejoining a dead client's member takes it over under its own name.
         """
 
     @abc.abstractmethod

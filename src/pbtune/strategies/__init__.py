@@ -8,8 +8,9 @@ from typing import Any
 
 from pbtune.errors import InvalidConfigError
 from pbtune.strategies._decisions import Continue, Decision, Exploit
-from pbtune.strategies.exploit import ExploitStrategy, Tournament, Truncation
-from pbtune.strategies.explore import ExploreStrategy, Perturb, PerturbOrResample, Resample
+from pbtune.strategies.exploit import ExploitStrategy, NoExploit, Tournament, Truncation
+from pbtune.strategies.explore import ExploreContext, Perturb, PerturbOrResample, Resample
+from pbtune.strategies.pb2 import PB2
 from pbtune.strategies.ready import Ready
 
 __all__ = [
@@ -17,7 +18,10 @@ __all__ = [
     "Decision",
     "Exploit",
     "ExploitStrategy",
+    "ExploreContext",
     "ExploreStrategy",
+    "PB2",
+    "NoExploit",
     "Perturb",
     "PerturbOrResample",
     "Ready",
@@ -33,10 +37,11 @@ __all__ = [
 ]
 
 # The one registry of strategy names (config files, the stored config, the CLI).
-EXPLOIT_STRATEGIES: Mapping[str, type] = {"truncation": Truncation, "tournament": Tournament}
+EXPLOIT_STRATEGIES: Mapping[str, type] = {"truncation": Truncation, "tournament": Tournament, "none": NoExploit}
 EXPLORE_STRATEGIES: Mapping[str, type] = {
-    "perturb": Perturb, "resample": Resample, "perturb_or_resample": PerturbOrResample,
+    "perturb": Perturb, "resample": Resample, "perturb_or_resample": PerturbOrResample, "pb2": PB2,
 }
+ExploreStrategy = PerturbOrResample | PB2
 
 
 def _build(kind_table: Mapping[str, type], config: Any, field: str) -> Any:
@@ -97,6 +102,8 @@ def strategy_config(strategy: Any) -> dict[str, Any]:
                 out: dict[str, Any] = {"name": names[0]}
                 for f in dataclasses.fields(strategy):
                     value = getattr(strategy, f.name)
+                    if dataclasses.is_dataclass(value):  # a nested strategy (PB2's fallback)
+                        value = strategy_config(value)
                     out[f.name] = list(value) if isinstance(value, tuple) else value
                 return out
     known = sorted({*EXPLOIT_STRATEGIES, *EXPLORE_STRATEGIES})

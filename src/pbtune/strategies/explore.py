@@ -10,9 +10,22 @@ from typing import Any
 
 from pbtune.errors import InvalidConfigError
 from pbtune.space import Change, Space
+from pbtune.types import MemberRecord
 from pbtune.validation import check_number, is_number
 
-__all__ = ["Perturb", "Resample", "PerturbOrResample", "ExploreStrategy"]
+__all__ = ["ExploreContext", "Perturb", "Resample", "PerturbOrResample"]
+
+
+@dataclass(frozen=True)
+class ExploreContext:
+    """What a model-based explore may look at besides the hyperparameters (PB2): the population
+    snapshot of the round, the exploring member and step, the run's direction and ready interval."""
+
+    population: Sequence[MemberRecord]
+    member_id: int
+    step: int
+    mode: str
+    interval: int
 
 
 def _check_factors(factors: Sequence[float], where: str) -> tuple[float, ...]:
@@ -37,7 +50,7 @@ class PerturbOrResample:
         object.__setattr__(self, "factors", _check_factors(self.factors, "explore"))
 
     def explore(
-        self, hparams: Mapping[str, Any], space: Space, rng: random.Random
+        self, hparams: Mapping[str, Any], space: Space, rng: random.Random, context: ExploreContext | None = None
     ) -> tuple[dict[str, Any], list[Change]]:
         return space.perturb(hparams, rng, factors=self.factors, resample_probability=self.resample_probability)
 
@@ -56,4 +69,4 @@ class Resample(PerturbOrResample):
     resample_probability: float = 1.0
 
 
-ExploreStrategy = PerturbOrResample
+

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from pbtune.errors import IllegalTransitionError, LeaseLostError, MemberFinishedError, NotFoundError
-from pbtune.store.base import CheckpointRef, ExploitWrite, PopulationStore, ReadyCheckWrite, ScorePoint
+from pbtune.store.base import PopulationStore, ScorePoint
+from pbtune.testing._store_rounds import RoundConformance
+from pbtune.testing._store_rounds import ref as _ref
 from pbtune.types import MemberState
 
 __all__ = ["StoreConformance", "FakeClock"]
@@ -30,12 +31,8 @@ class FakeClock:
         self.now += seconds
 
 
-def _ref(key: str, step: int) -> CheckpointRef:
-    return CheckpointRef(key=key, step=step, sha256="0" * 64, size=1)
-
-
-class StoreConformance:
-    """Behaviour every population store must show."""
+class StoreConformance(RoundConformance):
+    """Behaviour every population store must show (the PBT round's writes: :class:`RoundConformance`)."""
 
     def make_store(self, clock: Callable[[], float]) -> PopulationStore:
         raise NotImplementedError
@@ -136,100 +133,6 @@ class StoreConformance:
         with pytest.raises(MemberFinishedError):
             store.report_many(run, {0: [ScorePoint(4, 1.0)]})
 
-    def test_apply_exploits_writes_what_apply_exploit_and_set_hparams_write(
-        self, store: PopulationStore, run: str
-    ) -> None:
-        store.create_run("one-by-one", {"budget": 10})
-        for name in (run, "one-by-one"):
-            for i in range(3):
-                store.add_member(name, i, {"lr": 0.1 * (i + 1)})  # no-op for run's existing members
-            store.report(name, 0, 2, 0.1)
-            store.report(name, 2, 2, 0.9)
-        writes = [
-            ExploitWrite(0, store.get_member(run, 0).version, 2, 2, {"lr": 0.3}, "copied 2 over 0",
-                         explored={"lr": 0.36}, explore_summary="lr x1.2"),
-            ExploitWrite(1, store.get_member(run, 1).version, 2, 2, {"lr": 0.3}, "copied 2 over 1"),
-        ]
-        many = store.apply_exploits(run, writes)
-        for w in writes:
-            one = store.apply_exploit("one-by-one", w.member_id, expected_version=w.expected_version,
-                                      donor_id=w.donor_id, donor_step=w.donor_step, hparams=w.hparams,
-                                      checkpoint=None, summary=w.summary)
-            assert one is not None
-            if w.explored is not None:
-                store.set_hparams("one-by-one", w.member_id, w.explored, expected_version=one.version,
-                                  summary=w.explore_summary)
-        assert many is not None and sorted(many) == [0, 1]
-        for i in range(3):
-            got, expected = store.get_member(run, i), store.get_member("one-by-one", i)
-            assert (got.hparams, got.version, got.last_ready_step, got.step) == (
-                expected.hparams, expected.version, expected.last_ready_step, expected.step)
-            if i in many:
-                assert many[i] == got
-        assert store.get_member(run, 0).hparams == {"lr": 0.36}
-
-        def lineage(name: str) -> list[tuple[Any, ...]]:
-            return [(e.member_id, e.step, e.kind, e.donor_id, e.donor_step, e.old_hparams, e.new_hparams, e.summary)
-                    for e in store.events(name)]
-
-        assert lineage(run) == lineage("one-by-one")
-        assert [e.kind for e in store.events(run, 0)] == ["init", "exploit", "explore"]
-
-    def test_apply_exploits_writes_nothing_when_one_member_changed(self, store: PopulationStore, run: str) -> None:
-        versions = {i: store.get_member(run, i).version for i in range(3)}
-        store.report(run, 1, 1, 0.5)  # member 1 moves on: its version no longer matches
-        writes = [ExploitWrite(i, versions[i], 2, 0, {"lr": 9.0}, "copied") for i in (0, 1)]
-        assert store.apply_exploits(run, writes) is None
-        assert [store.get_member(run, i).hparams["lr"] for i in (0, 1)] == [0.1, 0.2]
-        assert [e.kind for e in store.events(run)] == ["init"] * 3
-        store.set_state(run, 2, MemberState.FINISHED)
-        with pytest.raises(MemberFinishedError):
-            store.apply_exploits(run, [ExploitWrite(2, store.get_member(run, 2).version, 0, 0, {"lr": 1.0}, "x")])
-        with pytest.raises(NotFoundError):
-            store.apply_exploits(run, [ExploitWrite(7, 0, 0, 0, {"lr": 1.0}, "x")])
-        stale = ExploitWrite(0, versions[0] + 5, 1, 0, {"lr": 1.0}, "x")  # stale and finished: finished wins
-        with pytest.raises(MemberFinishedError):
-            store.apply_exploits(run, [stale, ExploitWrite(2, store.get_member(run, 2).version, 0, 0, {}, "x")])
-        with pytest.raises(ValueError, match="more than once"):
-            store.apply_exploits(run, [ExploitWrite(0, versions[0], 1, 0, {"lr": 1.0}, "x")] * 2)
-        assert store.get_member(run, 0).hparams["lr"] == 0.1 and len(store.events(run)) == 3
-
-    def test_a_round_writes_exploits_with_checkpoints_and_ready_checks_in_one_call(
-        self, store: PopulationStore, run: str
-    ) -> None:
-        store.create_run("one-by-one", {"budget": 10})
-        for name in (run, "one-by-one"):
-            for i in range(3):
-                store.add_member(name, i, {"lr": 0.1 * (i + 1)})
-                store.report(name, i, 4, 0.1 * i, checkpoint=_ref(f"{name}-{i}-4", 4))
-        copy = _ref(f"{run}-0-copy", 4)
-        exploit = ExploitWrite(0, store.get_member(run, 0).version, 2, 4, {"lr": 0.3}, "copied 2 over 0",
-                               explored={"lr": 0.36}, explore_summary="lr x1.2", checkpoint=copy,
-                               donor_checkpoint=f"{run}-2-4")
-        check = ReadyCheckWrite(1, store.get_member(run, 1).version, 4)
-        updated = store.apply_exploits(run, [exploit], [check])
-        one = store.apply_exploit("one-by-one", 0, expected_version=exploit.expected_version, donor_id=2,
-                                  donor_step=4, hparams={"lr": 0.3}, checkpoint=_ref("one-by-one-0-copy", 4),
-                                  summary="copied 2 over 0", donor_checkpoint="one-by-one-2-4")
-        assert one is not None
-        store.set_hparams("one-by-one", 0, {"lr": 0.36}, expected_version=one.version, summary="lr x1.2")
-        assert store.mark_ready_checked("one-by-one", 1, 4, check.expected_version)
-        assert updated is not None and sorted(updated) == [0, 1]
-        for i in range(3):
-            got, expected = store.get_member(run, i), store.get_member("one-by-one", i)
-            assert (got.hparams, got.version, got.last_ready_step, got.checkpoint_step) == (
-                expected.hparams, expected.version, expected.last_ready_step, expected.checkpoint_step)
-            if i in updated:
-                assert updated[i] == got
-        member = store.get_member(run, 0)
-        assert (member.checkpoint, member.checkpoint_sha256) == (copy.key, copy.sha256)
-        exploit_event = [e for e in store.events(run, 0) if e.kind == "exploit"][-1]
-        assert (exploit_event.checkpoint, exploit_event.donor_checkpoint) == (copy.key, f"{run}-2-4")
-        assert store.apply_exploits(run, [exploit]) == {0: member}  # a retry after a lost answer: already done
-        assert len(store.events(run, 0)) == 3
-        assert store.apply_exploits(run, [], [check]) is None  # a stale ready check writes nothing
-        assert store.get_member(run, 1).version == updated[1].version
-
     def test_report_many_writes_nothing_when_one_member_cannot_take_it(self, store: PopulationStore, run: str) -> None:
         store.report(run, 1, 1, 0.0)
         store.set_state(run, 1, MemberState.FINISHED)
@@ -281,6 +184,24 @@ class StoreConformance:
         assert store.get_member(run, 1).score == -math.inf
         assert store.get_member(run, 2).score is None
         assert math.isnan(store.scores(run, 0)[0].score)
+
+    def test_nan_and_inf_metrics_are_stored_and_rank_worst(self, store: PopulationStore, run: str) -> None:
+        """PostgreSQL's JSON type has no NaN/Infinity tokens: a non-finite metric must still be
+        stored (it failed every member there), read back as the same float, and rank worst."""
+        odd = {"loss": math.nan, "grad": math.inf, "low": -math.inf, "nested": {"x": [math.nan, 1.0]}, "ok": 2.5}
+        store.report(run, 0, 1, math.nan, metrics=odd)
+        store.report(run, 1, 1, math.inf, metrics={"loss": -math.inf})
+        store.report_many(run, {2: [ScorePoint(1, 0.25, {"loss": math.inf})]})
+        got = store.scores(run, 0)[0].metrics
+        assert math.isnan(got["loss"]) and got["grad"] == math.inf and got["low"] == -math.inf
+        assert math.isnan(got["nested"]["x"][0]) and got["nested"]["x"][1] == 1.0 and got["ok"] == 2.5
+        assert store.scores(run, 1)[0].metrics == {"loss": -math.inf}
+        assert store.scores(run, 2)[0].metrics == {"loss": math.inf}
+        from pbtune.ranking import ranked
+
+        for mode in ("max", "min"):
+            order = [m.member_id for m in ranked(store.list_members(run), mode)]
+            assert order[0] == 2, (mode, order)  # the only finite score wins in either direction
 
     def test_checkpoint_is_recorded_with_the_report(self, store: PopulationStore, run: str) -> None:
         member = store.report(run, 0, 2, 1.0, checkpoint=_ref("r/m0/a", 2))
@@ -366,6 +287,22 @@ class StoreConformance:
         assert store.events(run, first.member_id)[-1].kind == "resume"
         with pytest.raises(LeaseLostError):
             store.report(run, first.member_id, 7, 3.0, worker="dead")
+
+    def test_claim_of_a_named_member_takes_over_only_that_member_when_its_lease_expired(
+        self, store: PopulationStore, run: str, clock: FakeClock
+    ) -> None:
+        held = store.claim(run, "dead", 5, budget=10, member_id=2)
+        assert held is not None and held.member_id == 2 and held.lease_owner == "dead"
+        store.report(run, 2, 3, 1.0, checkpoint=_ref("r/m2/3", 3), worker="dead")
+        store.report(run, 2, 5, 1.5, worker="dead")
+        assert store.claim(run, "heir", 5, budget=10, member_id=2) is None  # still live
+        clock.advance(6)
+        taken = store.claim(run, "heir", 5, budget=1, member_id=2)  # a named member: at any step
+        assert taken is not None and (taken.member_id, taken.lease_owner, taken.step) == (2, "heir", 3)
+        assert store.events(run, 2)[-1].kind == "resume"
+        with pytest.raises(LeaseLostError):
+            store.report(run, 2, 4, 2.0, worker="dead")
+        assert store.get_member(run, 0).lease_owner is None  # nobody else was leased
 
     def test_release_frees_the_lease(self, store: PopulationStore, run: str) -> None:
         member = store.claim(run, "w", 10, budget=10)

@@ -8,6 +8,7 @@ import torch
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.store.base import PopulationStore
+from pbtune.types import RECENT_SCORES
 from pbtune.vectorized._writer import BackgroundWriter
 from pbtune.vectorized.chunking import ChunkPlan
 from pbtune.vectorized.population import StackedPopulation
@@ -35,4 +36,11 @@ class RunState:
     step: int = 0
     scores: list[float | None] = field(default_factory=list)
     last_ready: list[int] = field(default_factory=list)
+    recent: list[list[tuple[int, float]]] = field(default_factory=list)  # per member, as MemberRecord.recent
     member_steps: int = 0
+
+    def record_scores(self, scores: list[float]) -> None:
+        """This step's scores: the current ones, and the last few of each member (for ranking)."""
+        for i, score in enumerate(scores):
+            self.scores[i] = score
+            self.recent[i] = [*self.recent[i], (self.step, float(score))][-RECENT_SCORES:]

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pbtune.config import DEFAULT_DIR
+from pbtune.diversity import diversity
 from pbtune.errors import InvalidConfigError
 from pbtune.lineage import schedule
 from pbtune.member import Population
@@ -37,7 +37,6 @@ from pbtune.results import RunResult, require_best
 from pbtune.space import Space
 from pbtune.validation import check_int
 from pbtune.vectorized import loop
-from pbtune.vectorized._functional import LossFn, MetricFn
 from pbtune.vectorized._malloc import tune_malloc
 from pbtune.vectorized._state import RunState
 from pbtune.vectorized.chunking import ChunkPlan
@@ -110,46 +109,9 @@ class VectorizedPBT:
             ``False``: everything inline, no thread.
     """
 
-    def __init__(
-        self,
-        model_fn: Callable[[], nn.Module],
-        space: Space | Mapping[str, Any],
-        *,
-        population: int = 64,
-        data: Any,
-        eval_data: Any = None,
-        loss: str | LossFn = "cross_entropy",
-        metric: str | MetricFn = "accuracy",
-        optimizer: Any = None,
-        batch_size: int = 64,
-        batches_per_step: int = 1,
-        steps: int = 100,
-        ready: Any = None,
-        exploit: Any = None,
-        explore: Any = None,
-        mode: str | None = None,
-        seed: int = 0,
-        name: str | None = None,
-        storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db",
-        checkpoints: str = f"{DEFAULT_DIR}/checkpoints",
-        checkpoint: str | bool = True,
-        checkpoint_interval: int | None = None,
-        save_final: str = "best",
-        device: Any = "cpu",
-        chunk_size: int | None = None,
-        eval_batch_size: int = 1024,
-        progress: bool = False,
-        flush_seconds: float = 5.0,
-        background_writes: bool | None = None,
-    ) -> None:
-        self.settings: Settings = make_settings(
-            model_fn, space, population=population, data=data, eval_data=eval_data, loss=loss, metric=metric,
-            optimizer=optimizer, batch_size=batch_size, batches_per_step=batches_per_step, steps=steps,
-            ready=ready, exploit=exploit, explore=explore, mode=mode, seed=seed, name=name, storage=storage,
-            checkpoints=checkpoints, checkpoint=checkpoint, checkpoint_interval=checkpoint_interval,
-            save_final=save_final, device=device, chunk_size=chunk_size, eval_batch_size=eval_batch_size,
-            progress=progress, flush_seconds=flush_seconds, background_writes=background_writes,
-        )
+    def __init__(self, model_fn: Callable[[], nn.Module], space: Space | Mapping[str, Any], **settings: Any) -> None:
+        # One signature, validated once: pbtune.vectorized.settings.make_settings (the arguments above).
+        self.settings: Settings = make_settings(model_fn, space, **settings)
         self.config = self.settings.config
         self.checkpoint_path = self.settings.checkpoint_path
         self.state: RunState | None = None  # the last run()'s state
@@ -190,10 +152,12 @@ class VectorizedPBT:
         checkpoint_path = None
         if best.checkpoint is not None:
             checkpoint_path = handle.checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "")
+        events = store.events(cfg.name)
         return VectorizedResult(
-            run=cfg.name, best=best, checkpoint_path=checkpoint_path,
-            schedule=schedule(store.events(cfg.name), best.member_id), members=members, storage=cfg.storage,
-            checkpoints=cfg.checkpoints, population_checkpoint=self.checkpoint_path, chunk_plan=state.plan,
+            run=cfg.name, best=best, checkpoint_path=checkpoint_path, schedule=schedule(events, best.member_id),
+            members=members, storage=cfg.storage, checkpoints=cfg.checkpoints, ranking=cfg.ranking,
+            diversity=diversity(members, events, cfg.space), population_checkpoint=self.checkpoint_path,
+            chunk_plan=state.plan,
             elapsed_s=elapsed, member_steps=state.member_steps, population=state.population,
         )
 

@@ -71,6 +71,7 @@ def start(
         eval_data=eval_data,
         versions={i: r.version for i, r in records.items()}, plan=plan,
         scores=[records[i].score for i in range(size)], last_ready=[0] * size,
+        recent=[list(records[i].recent) for i in range(size)],
     )
     path = settings.checkpoint_path
     if path is not None and os.path.exists(path):
@@ -137,8 +138,8 @@ def train(state: RunState, stop: int) -> None:
                 scores = train_loss
             else:
                 scores = evaluate(state, slices, state.eval_data, settings.metric)
+            state.record_scores(scores)
             for i in range(size):
-                state.scores[i] = scores[i]
                 pending[i].append(ScorePoint(step, float(scores[i]), {"loss": float(train_loss[i])}))
             final = step >= cfg.budget
             population = persistence.snapshot(state)

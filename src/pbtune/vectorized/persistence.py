@@ -37,6 +37,7 @@ def snapshot(state: RunState) -> list[MemberRecord]:
             run=cfg.name, member_id=i, state=MemberState.RUNNING, step=state.step, hparams=dict(pop.hparams[i]),
             score=state.scores[i], score_step=state.step, checkpoint=f"memory:{cfg.name}/{i}",
             checkpoint_step=state.step, last_ready_step=state.last_ready[i], version=state.versions[i],
+            recent=tuple(state.recent[i]),
         )
         for i in range(cfg.population)
     ]
@@ -49,7 +50,7 @@ def flush(state: RunState, pending: list[list[ScorePoint]], *, final: bool) -> N
     cfg = settings.config
     best_id = None
     if final and settings.save_final != "none":
-        best = best_member(snapshot(state), cfg.mode)
+        best = best_member(snapshot(state), cfg.mode, cfg.ranking)
         best_id = best.member_id if best is not None else None
     weights = {
         member_id: state.population.member_state_dict(member_id)  # taken now: training goes on meanwhile
@@ -135,6 +136,7 @@ def save(state: RunState) -> None:
         "step": state.step,
         "scores": [None if s is None else float(s) for s in state.scores],
         "last_ready": list(state.last_ready),
+        "recent": [[[step, score] for step, score in member] for member in state.recent],
         "data_rng": state.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -160,6 +162,8 @@ def resume(state: RunState, path: str, records: Mapping[int, MemberRecord]) -> N
     state.step = int(engine["step"])
     state.scores = list(engine["scores"])
     state.last_ready = [int(v) for v in engine["last_ready"]]
+    if "recent" in engine:  # population checkpoints written before smoothed ranking have none
+        state.recent = [[(int(step), float(score)) for step, score in member] for member in engine["recent"]]
     state.generator.set_state(engine["data_rng"])
     torch.set_rng_state(engine["torch_rng"])
     if settings.device.type == "cuda" and engine.get("cuda_rng") is not None:
