@@ -20,7 +20,14 @@ $(VENV)/.installed-$(TEST_EXTRAS): pyproject.toml
 
 install: $(VENV)/.installed-$(TEST_EXTRAS)
 
-demo: install
+# The demo needs pbtune's core dependencies only (about 20 packages, no torch/Ray/MLflow): its own
+# stamp, which `install` leaves in place (a full install is a superset).
+$(VENV)/.demo-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+demo: $(VENV)/.demo-installed
 	$(VENV)/bin/pbtune demo
 
 test: install

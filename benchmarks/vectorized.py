@@ -12,6 +12,10 @@ the validation set (360 samples) and a score; members are ready every ``--interv
 (c) sequential: a plain loop over members in one process (1 thread), PBT decisions with the
     same strategies in memory (no store, no checkpoints: this favours (c)).
 
+For (a) it also prints the fraction of the matmul peak reached: matmul FLOP/s of the whole run
+(the MLP's forward, backward and evaluation matmuls per member-step) over the FLOP/s of the same
+batched matmul shapes in a tight loop at the same thread count, measured right after the run.
+
 Every measurement runs in a fresh subprocess; the figures are wall-clock member-steps per
 second of the whole run (for (b) including starting its workers; its steady state, from the
 store's score times, is printed too) and peak resident memory (for (b): driver + workers).
@@ -230,12 +234,52 @@ def _warm_imports() -> None:
     _digits().digits_split()
 
 
+# Matmul FLOPs of one member-step of the 64-128-10 MLP at batch 64: forward (x@W1, h@W2),
+# backward (grad of h, grads of W2 and W1; the input needs no grad), and the evaluation pass
+# over the 360 validation samples shared by the PBT step's ``--batches`` updates.
+LAYERS = ((64, 128), (128, 10))
+VALIDATION = 360
+
+
+def flops_per_member_step(batches: int) -> float:
+    forward = sum(2 * BATCH * i * o for i, o in LAYERS)
+    backward = 2 * BATCH * 128 * 10 + sum(2 * BATCH * i * o for i, o in LAYERS)
+    evaluation = sum(2 * VALIDATION * i * o for i, o in LAYERS) / batches
+    return forward + backward + evaluation
+
+
+def matmul_peak(population: int, repeat: int = 20, trials: int = 5) -> float:
+    """FLOP/s of the step's batched matmuls alone: the same shapes, contiguous operands, this
+    process's threads; the fastest of ``trials`` timings (a peak, not an average)."""
+    import torch
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(population, *shape)
+
+    # (left, right) operands of forward x@W1, h@W2 and backward g@W2^T, h^T@g, x^T@h
+    pairs = [(rand(BATCH, 64), rand(64, 128)), (rand(BATCH, 128), rand(128, 10)), (rand(BATCH, 10), rand(10, 128)),
+             (rand(128, BATCH), rand(BATCH, 10)), (rand(64, BATCH), rand(BATCH, 128))]
+    flops = sum(2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] for a, b in pairs)
+    best = float("inf")
+    for _ in range(trials + 1):  # the first trial warms up
+        started = time.perf_counter()
+        for _ in range(repeat):
+            for a, b in pairs:
+                torch.bmm(a, b)
+        best = min(best, (time.perf_counter() - started) / repeat)
+    return flops / best
+
+
 def child(args: argparse.Namespace) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     _warm_imports()
     with tempfile.TemporaryDirectory() as workdir:
         figures = WAYS[args.way](args, workdir)
     figures["steps_per_s"] = figures["member_steps"] / figures["wall_s"]
+    if args.way == "vectorized":  # achieved matmul FLOP/s over the same matmuls' peak, same threads
+        peak = matmul_peak(args.population)
+        figures["matmul_peak_gflops"] = peak / 1e9
+        figures["peak_fraction"] = figures["steps_per_s"] * flops_per_member_step(args.batches) / peak
     print(json.dumps(figures))
 
 
@@ -319,7 +363,8 @@ def main() -> None:
             if way == "process":
                 note = f"steady state {r['steady_steps_per_s']:.0f} steps/s (after worker start-up)"
             elif way == "vectorized":
-                note = f"{r['chunks']} chunk(s)"
+                note = (f"{r['chunks']} chunk(s); {100 * r['peak_fraction']:.0f}% of its matmul peak "
+                        f"({r['matmul_peak_gflops']:.1f} GFLOP/s, same shapes and threads)")
             print(
                 f"{population:>5} {label:<22} {r['steps_per_s']:>10.0f} {r['wall_s']:>8.2f} "
                 f"{r['peak_rss_mib']:>9.0f} {r['best']:>9.3f}  {note}"
@@ -350,6 +395,7 @@ def main() -> None:
         }
         for t, v in vec.items():
             figures[f"vectorized_{t}thread_steps_per_s"] = round(v["steps_per_s"], 1)
+            figures[f"vectorized_{t}thread_peak_fraction"] = round(v["peak_fraction"], 3)
         figures["peak_rss_mib"] = {
             "vectorized": round(max(v["peak_rss_mib"] for v in vec.values())),
             "process": round(proc["peak_rss_mib"]),

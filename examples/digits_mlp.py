@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from sklearn.datasets import load_digits  # at the top: the engine's zygote imports it once for every worker
 from torch import nn
 
 import pbtune
@@ -24,8 +25,6 @@ import pbtune
 @lru_cache(maxsize=1)
 def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train/validation tensors (80/20), features scaled to [0, 1]; deterministic."""
-    from sklearn.datasets import load_digits
-
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
     y = torch.tensor(data.target, dtype=torch.long)

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import threading
 import time
 from pathlib import Path
+from signal import SIGKILL
 from typing import Any
 
 import pytest
@@ -94,9 +94,9 @@ def test_sigkill_of_a_worker_mid_run_loses_nothing(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path}/p.db") if _wait_for(lambda: (tmp_path / "p.db").exists()) else None
     assert store is not None
     assert _wait_for(lambda: len(store.scores("t")) >= 20)
-    victims = [p for p in mp.active_children() if p.is_alive()]
-    assert victims, "the run's worker processes should be children of this process"
-    os.kill(victims[0].pid, signal.SIGKILL)
+    victims = _worker_pids()
+    assert victims, "the run's worker processes should be descendants of this process"
+    os.kill(victims[0], SIGKILL)
     thread.join(timeout=120)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
     members = store.list_members("t")
@@ -106,6 +106,22 @@ def test_sigkill_of_a_worker_mid_run_loses_nothing(tmp_path: Path) -> None:
         assert m.checkpoint and checkpoints.fetch(m.checkpoint, m.checkpoint_sha256 or "")
     steps_seen = {(s.member_id, s.step) for s in store.scores("t")}
     assert steps_seen == {(i, s) for i in range(4) for s in range(1, 61)}
+
+
+def _worker_pids() -> list[int]:
+    """Worker processes of runs started here: forked by the engine's zygote (a child of this
+    process), or spawned children when the engine falls back to spawn."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()
+            parents[int(entry)] = int(fields[1])
+        except (ValueError, OSError):
+            continue
+    children = {pid for pid, parent in parents.items() if parent == os.getpid()}
+    grandchildren = [pid for pid, parent in parents.items() if parent in children]
+    return grandchildren or [p.pid for p in mp.active_children() if p.is_alive() and p.pid is not None]
 
 
 def _wait_for(condition: Any, timeout: float = 60.0) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import multiprocessing as mp
@@ -11,13 +12,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pbtune.config import RunConfig
+from pbtune.engine import _zygote
 from pbtune.engine.trainable import Trainable
 from pbtune.engine.worker import Worker, load_trainable
-from pbtune.errors import PBTuneError
+from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.member import Population
 from pbtune.results import RunResult, summarize
 from pbtune.store.base import PopulationStore
@@ -70,23 +72,48 @@ def run(
     if target is None:
         raise PBTuneError("no trainable: pass one to run() or set `trainable` in the config")
     if isinstance(target, str):
-        load_trainable(target)  # fail here, not in every worker
+        _check_reference(target)  # a typo fails here; importing it is the workers' job
+    reference = target if isinstance(target, str) else _zygote.trainable_reference(target)
+    # Workers fork from a warm zygote that imported the trainable by name; it starts now, while
+    # this process opens the store. Spawn is the fallback (no fork, or a class without a name).
+    held = [_zygote.zygote_for(reference)] if reference is not None and hasattr(os, "fork") else []
+    try:
+        return _run(config, target, reference, held, display, max_restarts, monitors, initial,
+                    extend_budget=extend_budget, retry_failed=retry_failed)
+    finally:
+        for zygote in held:
+            _zygote.release(zygote)
+
+
+def _run(
+    config: RunConfig,
+    target: type[Trainable] | str,
+    reference: str | None,
+    held: list[_zygote.Zygote],
+    display: Monitor | None,
+    max_restarts: int | None,
+    monitors: Sequence[Monitor],
+    initial: Sequence[Mapping[str, Any]],
+    *,
+    extend_budget: bool,
+    retry_failed: bool,
+) -> RunResult:
     population = Population(config, initial=initial, extend_budget=extend_budget, retry_failed=retry_failed)
-    context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
+    if all(m.state.is_final for m in population.members()):  # resumed a finished run
+        return summarize(config, population.store, population.checkpoints)
+    if held and (error := held[0].wait_ready()) is not None:
+        _zygote_failed(target, error)
+        _zygote.release(held.pop())
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
-    config_dict = config.to_dict()
+    launch = _launcher(held, reference, target, config.to_dict())
 
     started: list[str] = []  # every worker id, replacements included: their leases go back on Ctrl-C
 
-    def start(index: int) -> mp.process.BaseProcess:
+    def start(index: int) -> Any:
         worker_id = f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}"
         started.append(worker_id)
-        proc = context.Process(target=worker_main, args=(config_dict, target, worker_id), daemon=True)
-        proc.start()
-        return proc
+        return launch(worker_id)
 
-    if all(m.state.is_final for m in population.members()):  # resumed a finished run
-        return summarize(config, population.store, population.checkpoints)
     procs = [start(i) for i in range(config.workers)]
     watchers: list[Monitor] = ([display] if display is not None else []) + list(monitors)
     previous_sigterm = _sigterm_as_interrupt()
@@ -131,6 +158,51 @@ def run(
     return summarize(config, population.store, population.checkpoints)
 
 
+def _check_reference(target: str) -> None:
+    """Fail early on a trainable that cannot be found, without importing it (seconds for torch)."""
+    path, sep, attr = target.rpartition(":")
+    try:
+        found = os.path.isfile(path) if path.endswith(".py") else importlib.util.find_spec(path) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not sep or not path or not attr or not found:
+        load_trainable(target)  # raises the precise InvalidConfigError
+
+
+def _zygote_failed(target: type[Trainable] | str, error: str) -> None:
+    """The zygote could not import the trainable: raise that here, or fall back to spawn for a class."""
+    if isinstance(target, str):
+        load_trainable(target)  # raises the precise error in this process
+        raise InvalidConfigError("trainable", "config", f"importable by the workers ({error.strip()})", target)
+    log.warning("workers cannot import %r by name; spawning them instead:\n%s", target, error)
+
+
+def _launcher(
+    held: list[_zygote.Zygote], reference: str | None, target: type[Trainable] | str, config: Mapping[str, Any]
+) -> Callable[[str], Any]:
+    """Start one worker by id: forked by the run's zygote (``held``), else a spawned process."""
+    if held and reference is not None:
+        ref = reference
+
+        def fork(worker_id: str) -> Any:
+            if not held[0].alive():  # it died: hold a new one
+                old, held[0] = held[0], _zygote.zygote_for(ref)
+                _zygote.release(old)
+            if (error := held[0].wait_ready()) is not None:
+                raise PBTuneError(f"workers can no longer import {ref!r}: {error}")
+            return held[0].start((config, ref, worker_id))
+
+        return fork
+    context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
+
+    def spawn(worker_id: str) -> Any:
+        proc = context.Process(target=worker_main, args=(config, target, worker_id), daemon=True)
+        proc.start()
+        return proc
+
+    return spawn
+
+
 def _sigterm_as_interrupt() -> Any:
     """SIGTERM stops the run as Ctrl-C does (so the leases go back); returns the old handler."""
     if threading.current_thread() is not threading.main_thread():
@@ -142,7 +214,7 @@ def _sigterm_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def _stop(procs: Sequence[mp.process.BaseProcess]) -> None:
+def _stop(procs: Sequence[Any]) -> None:  # spawned processes or zygote-forked WorkerProcess
     for proc in procs:
         if proc.is_alive():
             proc.terminate()

@@ -1,0 +1,137 @@
+"""The local engine's workers fork from a warm zygote that imports the trainable by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import pbtune
+
+    with open(os.environ["MARKS"], "a") as handle:  # who executes this file, and as what
+        handle.write(__name__ + "\\n")
+
+
+    class Count(pbtune.Trainable):
+        def setup(self, hparams):
+            self.x, self.total = hparams["x"], 0.0
+
+        def step(self):
+            self.total += self.x
+            return {"score": self.total}
+
+        def save(self, path):
+            open(path, "w").write(repr(self.total))
+
+        def load(self, path):
+            self.total = float(open(path).read())
+
+
+    if __name__ == "__main__":
+        folder = sys.argv[1]
+        pids = []
+        for name in ("first", "second"):  # two runs from one process: the zygote stays warm
+            result = pbtune.run(Count, name=name, progress=False, population=4, workers=2, budget=6,
+                                ready={"interval": 3}, space={"x": {"type": "float", "low": 0.1, "high": 1.0}},
+                                storage=f"sqlite:///{folder}/{name}.db", checkpoints=f"{folder}/ck-{name}")
+            store = pbtune.open_store(f"sqlite:///{folder}/{name}.db")
+            assert all(m.step == 6 for m in store.list_members(name))
+        print(json.dumps({"best": result.best.score}))
+    """
+)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return dict(os.environ, MARKS=str(tmp_path / "marks"),
+                PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the zygote forks")
+def test_workers_never_rerun_the_scripts_main_and_one_zygote_serves_both_runs(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          env=_env(tmp_path), timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["best"] > 0
+    marks = (tmp_path / "marks").read_text().split()
+    # the script ran once as __main__ (the driver) and was imported once by name (the zygote),
+    # not once per worker (2 workers x 2 runs) as spawn's re-run of __main__ did
+    assert marks.count("__main__") == 1
+    assert len(marks) == 2 and marks[1].startswith("pbtune_user_"), marks
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the zygote forks")
+def test_pbtune_run_command_prestarts_the_zygote_and_finishes(tmp_path: Path) -> None:
+    trainable = tmp_path / "count.py"
+    trainable.write_text(SCRIPT)
+    config = {"name": "cli", "trainable": f"{trainable}:Count", "population": 2, "workers": 2, "budget": 4,
+              "ready": {"interval": 2}, "space": {"x": {"type": "float", "low": 0.1, "high": 1.0}},
+              "storage": f"sqlite:///{tmp_path}/cli.db", "checkpoints": str(tmp_path / "ck")}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-m", "pbtune", "run", str(tmp_path / "run.json"), "--quiet"],
+                          capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "best member" in done.stdout
+    marks = (tmp_path / "marks").read_text().split()
+    assert len(marks) == 1 and marks[0].startswith("pbtune_user_"), marks  # the zygote's import only
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "match"),
+    [("raise RuntimeError('cannot import me')\n", RuntimeError, "cannot import me"),
+     ("x = 1\n", ValueError, "`trainable` of `config` must be an importable Trainable"),
+     ("Nothing = 1\n", ValueError, "`trainable` of `config` must be a subclass of pbtune.Trainable")],
+)
+def test_a_trainable_the_zygote_cannot_load_fails_in_the_driver(
+    tmp_path: Path, source: str, error: type[Exception], match: str
+) -> None:
+    import pbtune
+
+    broken = tmp_path / "broken.py"
+    broken.write_text(source)
+    with pytest.raises(error, match=match):
+        pbtune.run(f"{broken}:Nothing", name="b", progress=False, population=2, budget=2,
+                   space={"x": {"type": "float", "low": 0.1, "high": 1.0}},
+                   storage=f"sqlite:///{tmp_path}/b.db", checkpoints=str(tmp_path / "ck"))
+
+
+def test_concurrent_runs_of_different_trainables_keep_their_own_workers(tmp_path: Path) -> None:
+    import threading
+
+    import pbtune
+
+    outcome: dict[str, Any] = {}
+
+    def drive(name: str, trainable: str) -> None:
+        try:
+            outcome[name] = pbtune.run(
+                trainable, name=name, progress=False, population=3, workers=1, budget=8, ready={"interval": 4},
+                space={"x": {"type": "float", "low": 0.1, "high": 1.0}, "lr": {"type": "float", "low": 0.01,
+                                                                               "high": 0.1}},
+                trainable_args={"step_seconds": 0.01} if name == "quadratic" else {},
+                storage=f"sqlite:///{tmp_path}/{name}.db", checkpoints=str(tmp_path / f"ck-{name}"))
+        except BaseException as exc:  # surfaced below
+            outcome[name] = exc
+
+    threads = [threading.Thread(target=drive, args=("quadratic", "pbtune.testing.trainables:Quadratic")),
+               threading.Thread(target=drive, args=("counter", "pbtune.testing.trainables:Counter"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    for name in ("quadratic", "counter"):
+        assert not isinstance(outcome[name], BaseException), outcome[name]
+        members = pbtune.open_store(f"sqlite:///{tmp_path}/{name}.db").list_members(name)
+        assert [m.step for m in members] == [8, 8, 8]
