@@ -71,7 +71,7 @@ def server(
             storage=storage, checkpoints=checkpoints, population=population, budget=budget,
             ready_interval=ready_interval, lease_seconds=lease_seconds, shared_roots=tuple(shared_root or ()),
             upload_dir=upload_dir, max_upload_bytes=max(1, int(max_upload_mb * (1 << 20))),
-            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level,
+            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level, background=False,
         )
         instance.serve(announce=lambda url: console.print(
             f"[bold]pbtune server[/] run [bold]{instance.template['name']}[/] (store {instance.template['storage']})"

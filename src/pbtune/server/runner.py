@@ -2,9 +2,11 @@
 
 Example::
 
-    server = PBTServer(8000, "a-long-shared-secret", maximize_metric=True,
-                       storage="sqlite:///pbt.db", checkpoints="ckpts")
-    server.serve()          # blocks; or server.start() ... server.stop() to run it in a thread
+    server = PBTServer(8000, "a-long-shared-secret", True)   # serving now, in a background thread
+    ...                                                     # clients join; this script goes on
+    server.stop()                                           # or: with PBTServer(...) as server: ...
+
+    PBTServer(8000, key, True, storage="sqlite:///pbt.db").serve()   # or block until Ctrl-C
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ _DUMMY_SPACE = {"x": {"type": "choice", "values": [0]}}
 class PBTServer:
     """A PBT population served over HTTP to :class:`~pbtune.server.client.PBTClient` members.
 
+    Constructing a server starts serving in a background (daemon) thread, as scripts written
+    for the older server/client project expect: they construct it and go on. :meth:`serve`
+    then blocks until Ctrl-C, :meth:`stop` or the context manager's exit shut it down.
+    ``background=False`` only constructs it (then :meth:`serve` or :meth:`start`).
+
     The legacy positional form ``PBTServer(port, auth_key, maximize_metric)`` creates a run whose
     space comes from the first client that joins (its ``config_path``); pass ``config`` (a
     :class:`RunConfig`, its dict, or a JSON/YAML path) to fix everything up front. A run already in
@@ -59,6 +66,7 @@ class PBTServer:
         upload_dir: where uploaded checkpoints are staged (default: a folder in the temp dir).
         max_upload_bytes: largest checkpoint upload accepted.
         ssl_certfile / ssl_keyfile: serve HTTPS with this certificate and key.
+        background: start serving in a background thread now (default); False: not yet.
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class PBTServer:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         log_level: str = "warning",
+        background: bool = True,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidConfigError("port", "PBTServer", "an integer in [0, 65535]", port)
@@ -98,6 +107,8 @@ class PBTServer:
                                      "given together with the other ssl file", ssl_keyfile or ssl_certfile)
         if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
             raise InvalidConfigError("max_upload_bytes", "PBTServer", "an integer >= 1", max_upload_bytes)
+        if not isinstance(background, bool):
+            raise InvalidConfigError("background", "PBTServer", "True or False", background)
         for root in shared_roots:
             if not os.path.isdir(root):
                 raise InvalidConfigError("shared_roots", "PBTServer", "existing folders", root)
@@ -118,6 +129,8 @@ class PBTServer:
         self.service: PopulationService | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        if background:
+            self.start()
 
     @property
     def url(self) -> str:
@@ -145,7 +158,19 @@ class PBTServer:
         return uvicorn.Server(config), sock
 
     def serve(self, announce: Callable[[str], None] | None = None) -> None:
-        """Serve until interrupted (Ctrl-C or SIGTERM); ``announce`` gets the URL once it is bound."""
+        """Serve until interrupted (Ctrl-C or SIGTERM); ``announce`` gets the URL once it is bound.
+
+        On a server already serving in the background (the default), wait for it until Ctrl-C
+        or :meth:`stop`.
+        """
+        if self._thread is not None:
+            (announce or log.info)(self.url)
+            try:
+                while self._thread is not None and self._thread.is_alive():
+                    self._thread.join(timeout=0.5)
+            finally:
+                self.stop()
+            return
         server, sock = self._uvicorn()
         self._server = server
         (announce or log.info)(self.url)
@@ -154,10 +179,17 @@ class PBTServer:
         finally:
             self._close()
 
+    @property
+    def running(self) -> bool:
+        """True while a background thread serves."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self, timeout: float = 30.0) -> PBTServer:
-        """Serve in a background thread; return once it accepts connections."""
+        """Serve in a background thread; return once it accepts connections (at once if it does)."""
         if self._thread is not None:
-            raise PBTuneError("this PBTServer is already running")
+            if self._thread.is_alive():
+                return self
+            self.stop()
         server, sock = self._uvicorn()
         self._server = server
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
@@ -166,17 +198,19 @@ class PBTServer:
         deadline = time.monotonic() + timeout
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
                 raise PBTuneError(f"the pbtune server did not start on {self.url}")
             time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        """Stop a server started with :meth:`start` (in-flight requests finish first)."""
+        """Stop serving (in-flight requests finish first); a second call does nothing."""
         if self._server is not None:
             self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        self._server = None
         self._close()
 
     def _close(self) -> None:
