@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pbtune.config import DEFAULT_DIR, RunConfig, load_config
+from pbtune.config import DEFAULT_DIR, RunConfig, budget_text, load_config
 from pbtune.diversity import diversity
 from pbtune.engine.local import run as run_population
 from pbtune.errors import InvalidConfigError, NotFoundError, PBTuneError
@@ -184,7 +184,7 @@ def status(
         return
     console.print(_members_table(run_name, members, best_id, ranking_from_config(cfg.get("ranking"))))
     finished = sum(m.state.is_final for m in members)
-    console.print(f"{finished}/{len(members)} members done; budget {cfg.get('budget')} steps each")
+    console.print(f"{finished}/{len(members)} members done; {budget_text(cfg.get('budget'))}")
     console.print(f"diversity: {spread.summary()}")
 
 

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from rich.console import Console
 from server_helpers import KEY, free_port
+from typer.testing import CliRunner
 
+from pbtune.cli import app
+from pbtune.config import UNBOUNDED_BUDGET, RunConfig
+from pbtune.initial import first_hparams
+from pbtune.report.live import LiveDisplay, progress_line
+from pbtune.server.client import PBTClient
 from pbtune.server.runner import PBTServer
+from pbtune.space import Space
+from pbtune.store import SQLStore
+from pbtune.types import MemberState
 
 
 def _info(port: int) -> dict[str, object]:
@@ -74,3 +86,61 @@ def test_background_false_only_constructs(tmp_path: Path, monkeypatch: pytest.Mo
     with server:
         assert _info(port)["run"] == "pbt"
     assert _refused(port)
+
+
+def test_the_population_grows_with_the_clients_that_join(
+    start_server: Callable[..., PBTServer], connect: Callable[..., PBTClient], tmp_path: Path
+) -> None:
+    csv = tmp_path / "space.csv"
+    csv.write_text("lr,0.001,0.1,log\n")
+    server = start_server()  # no population, no config: the three-argument form's defaults
+    clients = [connect(server, str(csv)) for _ in range(5)]
+    assert sorted(c.member_id for c in clients) == [0, 1, 2, 3, 4]
+    assert server.service is not None and server.service.config is not None
+    assert server.service.config.population == 5
+    store = SQLStore(f"sqlite:///{tmp_path}/pbt.db")
+    try:
+        members = store.list_members("pbt")
+        assert len(members) == 5 and all(m.state is MemberState.RUNNING for m in members)  # nobody pending
+        assert store.get_run("pbt").config["population"] == 5  # a restarted server reopens all five
+        # a new member's first hyperparameters are those a population of 5 samples (seeded)
+        expected = first_hparams(Space({"lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}), 5, 0,
+                                 "random")
+        assert [dict(m.hparams) for m in members] == expected
+    finally:
+        store.close()
+
+
+def test_displays_do_not_show_the_unbounded_budget(
+    start_server: Callable[..., PBTServer], connect: Callable[..., PBTClient], tmp_path: Path
+) -> None:
+    csv = tmp_path / "space.csv"
+    csv.write_text("lr,0.001,0.1,log\n")
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    server = start_server()
+    clients = [connect(server, str(csv)) for _ in range(4)]
+    for step, client in enumerate(clients, start=1):
+        client.report(step, 0.1 * step)
+    assert clients[0].info["budget"] is None
+    runner = CliRunner()
+    live = runner.invoke(app, ["server-status", server.url, "--auth-key-file", str(key_file), "--json"])
+    assert live.exit_code == 0, live.output
+    view = json.loads(live.output)
+    assert view["budget"] is None and view["population"] == 4
+    stored = runner.invoke(app, ["status", "pbt", "--storage", f"sqlite:///{tmp_path}/pbt.db"])
+    assert stored.exit_code == 0, stored.output
+    assert "0/4 members done; no budget (clients decide when to stop)" in stored.output
+    store = SQLStore(f"sqlite:///{tmp_path}/pbt.db")
+    try:
+        config = RunConfig.from_dict(dict(store.get_run("pbt").config))
+        members = store.list_members("pbt")
+        line = progress_line(config, members, ())
+        assert line.startswith("run pbt: 10 steps, best 0.4 (member 3)") and "0/4 members done" in line
+        table = Console(width=200, record=True)
+        table.print(LiveDisplay().table(config, members, ()))
+        watched = table.export_text()
+    finally:
+        store.close()
+    for shown in (live.output, stored.output, line, watched):
+        assert str(UNBOUNDED_BUDGET) not in shown and "/8" not in shown

@@ -46,7 +46,8 @@ def server(
     config: str | None = typer.Option(None, help="JSON/YAML run config (space, population, strategies)."),
     run: str = typer.Option("pbt", help="Run name when --config is not given."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
-    population: int = typer.Option(8, help="Members in the population (without --config)."),
+    population: int | None = typer.Option(
+        None, help="Members in the population (without --config; default: grows with the clients that join)."),
     mode: str | None = typer.Option(None, help="max or min: the direction of the metric."),
     ready_interval: int = typer.Option(1, help="Saves between exploit decisions (without --config)."),
     budget: int | None = typer.Option(None, help="Steps per member (default: unbounded)."),

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pbtune.config import DEFAULT_DIR, RunConfig, load_config
+from pbtune.config import DEFAULT_DIR, UNBOUNDED_BUDGET, RunConfig, load_config
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.server.app import create_app
 from pbtune.server.service import PopulationService
@@ -32,7 +32,7 @@ __all__ = ["PBTServer", "DEFAULT_MAX_UPLOAD_BYTES", "UNBOUNDED_BUDGET"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
-UNBOUNDED_BUDGET = 1_000_000_000  # clients decide when to stop
+MIN_POPULATION = 2  # where a population that grows with its clients starts
 _DUMMY_SPACE = {"x": {"type": "choice", "values": [0]}}
 
 
@@ -58,7 +58,9 @@ class PBTServer:
         config: the run's full settings.
         run: the run's name when ``config`` is not given.
         storage / checkpoints: population store URL and checkpoint folder/URL (override ``config``).
-        population: number of members (default 8), when ``config`` is not given.
+        population: number of members, when ``config`` is not given. Default: the population
+            grows with the clients that join (it starts at 2, the least a population can be;
+            a client that finds no free member gets a new one).
         budget: steps per member (default unbounded: clients stop when they like).
         ready_interval: steps (saves) between exploit decisions (default 1: decide after every save).
         exploit / explore / seed / lease_seconds / keep_checkpoints: as in :class:`RunConfig`.
@@ -80,7 +82,7 @@ class PBTServer:
         run: str = "pbt",
         storage: str | None = None,
         checkpoints: str | None = None,
-        population: int = 8,
+        population: int | None = None,
         budget: int | None = None,
         ready_interval: int = 1,
         exploit: Any = None,
@@ -120,6 +122,7 @@ class PBTServer:
             budget=budget, ready_interval=ready_interval, exploit=exploit, explore=explore, seed=seed,
             lease_seconds=lease_seconds, keep_checkpoints=keep_checkpoints,
         )
+        self.grows = config is None and population is None
         self.shared_roots = tuple(shared_roots)
         self.upload_dir = upload_dir or _default_upload_dir(self.template)
         self.max_upload_bytes = max_upload_bytes
@@ -142,7 +145,8 @@ class PBTServer:
         """Open the store (creating or reopening the run) and return the FastAPI application."""
         uploads = UploadArea(self.upload_dir, max_bytes=self.max_upload_bytes)
         uploads.sweep()
-        self.service = PopulationService(self.template, uploads=uploads, shared_roots=self.shared_roots)
+        self.service = PopulationService(self.template, uploads=uploads, shared_roots=self.shared_roots,
+                                         grow=self.grows)
         return create_app(self.service, auth_key=self.auth_key)
 
     def _uvicorn(self) -> tuple[Any, Any]:
@@ -247,7 +251,7 @@ def _template(
     template = {
         "name": run,
         "mode": "min" if maximize_metric is False else "max",
-        "population": settings["population"],
+        "population": settings["population"] if settings["population"] is not None else MIN_POPULATION,
         "budget": settings["budget"] if settings["budget"] is not None else UNBOUNDED_BUDGET,
         "ready": {"interval": settings["ready_interval"]},
         "seed": settings["seed"],

@@ -11,7 +11,10 @@ How member ids are handed out (a population of N members ``0..N-1``):
 * Joining without an id leases the least advanced free member to the client's token
   (:meth:`PopulationStore.claim`); the client heartbeats, and a member whose client stopped
   heartbeating for ``lease_seconds`` is free again (the next client resumes it from its last
-  checkpoint). When none is free the join fails with ``population_full``.
+  checkpoint). When none is free the join fails with ``population_full``, or, on a server
+  whose population grows with its clients (``grow``), a new member N is added for it (its
+  first hyperparameters are the ones a population of N+1 would have given it) and the run's
+  stored ``population`` becomes N+1.
 * Joining with an id rejoins that member: a restarted client keeps its identity. A member
   leased to another live client is refused (``member_held``); one leased to a dead client
   is taken over under the joining client's own token (a fresh one, never the dead client's),
@@ -36,6 +39,7 @@ from typing import Any
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import LeaseLostError, NotFoundError
+from pbtune.initial import first_hparams
 from pbtune.member import Donor, Member, Population
 from pbtune.server._service_reads import CheckpointInfo, ServiceReads
 from pbtune.server._service_rules import already_reported, check_step_increases, fresh_token
@@ -59,6 +63,7 @@ class PopulationService(ServiceReads):
             already in the store is reopened with its stored settings.
         uploads: where uploaded checkpoints are staged.
         shared_roots: folders whose files clients may name as checkpoints (shared filesystem).
+        grow: a client that finds no free member gets a new one (the population grows).
         store: an open store (default: opened from ``template["storage"]``).
         clock: seconds since the epoch (lease expiry checks).
 
@@ -81,8 +86,10 @@ class PopulationService(ServiceReads):
         shared_roots: tuple[str, ...] = (),
         store: PopulationStore | None = None,
         clock: Callable[[], float] = time.time,
+        grow: bool = False,
     ) -> None:
         self.template = dict(template)
+        self.grow = grow
         self.run_name: str = self.template["name"]
         self.uploads = uploads
         self.shared_roots = tuple(os.path.realpath(root) for root in shared_roots)
@@ -109,8 +116,8 @@ class PopulationService(ServiceReads):
             return
         stored["storage"] = self.template["storage"]
         stored["checkpoints"] = self.template["checkpoints"]
-        ignored = sorted(k for k, v in self.template.items()
-                         if k not in ("storage", "checkpoints") and v is not None and stored.get(k) != v)
+        own = ("storage", "checkpoints", "population") if self.grow else ("storage", "checkpoints")
+        ignored = sorted(k for k, v in self.template.items() if k not in own and v is not None and stored.get(k) != v)
         if ignored:
             log.warning("run %r already exists in the store: its stored settings win over the server's %s",
                         self.run_name, ", ".join(ignored))
@@ -225,6 +232,8 @@ class PopulationService(ServiceReads):
                     return member, token
             with self._write_gate:
                 claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget)
+            if claimed is None and self.grow:
+                claimed = self._grow(token)
             if claimed is None:
                 raise PopulationFullError(self._full_message(), status=409, code="population_full")
             log.info("client %s joined as member %d", token, claimed.member_id)
@@ -262,6 +271,35 @@ class PopulationService(ServiceReads):
                     raise ServerError(f"member {member_id} was just leased to another client",
                                       status=409, code="member_held")
             return record, None
+
+    def _grow(self, token: str) -> MemberRecord | None:
+        """Add a member for ``token`` (the population grows with its clients); lease it to it."""
+        with self._create_lock:
+            assert self.config is not None and self._population is not None
+            config = self.config
+            with self._write_gate:  # a member freed (or added) while we waited for the lock
+                claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget)
+                if claimed is not None:
+                    return claimed
+                new_id = max((m.member_id for m in self.store.list_members(self.run_name)), default=-1) + 1
+                grown = RunConfig.from_dict({**config.to_dict(), "population": new_id + 1})
+                hparams = first_hparams(config.space, new_id + 1, config.seed, config.init)[new_id]
+
+                def add() -> None:  # the stored config and the member in one transaction
+                    self.store.reopen_members(self.run_name, [], config=grown.to_dict(),
+                                              summary="the population grew with a joining client")
+                    self.store.add_member(self.run_name, new_id, hparams)
+
+                self.store.batch(add)
+                self._locks.setdefault(new_id, threading.Lock())
+                self._population.config = grown
+                self.config = grown
+                claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget,
+                                           member_id=new_id)
+            if claimed is not None:
+                log.info("the population of run %r grew to %d members for client %s", self.run_name,
+                         new_id + 1, token)
+            return claimed
 
     def _full_message(self) -> str:
         assert self.config is not None
