@@ -144,3 +144,24 @@ def test_displays_do_not_show_the_unbounded_budget(
         store.close()
     for shown in (live.output, stored.output, line, watched):
         assert str(UNBOUNDED_BUDGET) not in shown and "/8" not in shown
+
+
+def test_hyperparameters_returns_the_members_current_hyperparameters(
+    start_server: Callable[..., PBTServer], connect: Callable[..., PBTClient], tmp_path: Path
+) -> None:
+    csv = tmp_path / "space.csv"
+    csv.write_text("lr,0.001,0.1,log\n")
+    server = start_server()
+    good, bad = connect(server, str(csv)), connect(server, str(csv))
+    first = bad.hyperparameters()
+    assert set(first) == {"lr"} and 0.001 <= first["lr"] <= 0.1 and first == bad.hparams
+    first["lr"] = -1.0  # a copy: changing it changes nothing
+    assert bad.hyperparameters()["lr"] != -1.0
+    for client, score in ((good, 0.9), (bad, 0.1)):
+        path = tmp_path / f"ckpt-{client.member_id}.bin"
+        path.write_bytes(b"weights")
+        client.save(str(path), score)
+    assert bad.should_exploit() and bad.exploit() is not None
+    assert bad.hyperparameters() == good.hyperparameters()  # the donor's, after the exploit
+    explored = bad.explore()
+    assert bad.hyperparameters() == explored != good.hyperparameters()
