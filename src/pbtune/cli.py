@@ -127,11 +127,13 @@ def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: in
     columns = ("member", "state", "step", "score", *(["smoothed"] if smoothed else []), "hparams", "worker")
     for column in columns:
         table.add_column(column, justify="right" if column in ("member", "step", "score", "smoothed") else "left")
+    now = time.time()
     for m in members:
         mark = " *" if m.member_id == best_id else ""
         scores = [_fmt_score(m.score), *([_fmt_score(ranking.score(m))] if smoothed else [])]
-        table.add_row(f"{m.member_id}{mark}", m.state.value, str(m.step), *scores, _fmt_hparams(m.hparams),
-                      m.lease_owner or "")
+        gone = m.is_gone(now)  # a dead worker's name is not shown as if it still held the member
+        table.add_row(f"{m.member_id}{mark}", m.shown_state(now), str(m.step), *scores, _fmt_hparams(m.hparams),
+                      f"({m.lease_owner}: lease expired)" if gone else m.lease_owner or "")
     return table
 
 

@@ -165,3 +165,53 @@ def test_hyperparameters_returns_the_members_current_hyperparameters(
     assert bad.hyperparameters() == good.hyperparameters()  # the donor's, after the exploit
     explored = bad.explore()
     assert bad.hyperparameters() == explored != good.hyperparameters()
+
+
+def test_a_client_that_exits_without_finish_is_shown_as_gone_once_its_lease_expires(
+    start_server: Callable[..., PBTServer], connect: Callable[..., PBTClient], tmp_path: Path
+) -> None:
+    csv = tmp_path / "space.csv"
+    csv.write_text("lr,0.001,0.1,log\n")
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    server = start_server(lease_seconds=0.5)
+    stays, leaves = connect(server, str(csv)), connect(server, str(csv))
+    leaves.report(1, 0.5)
+    leaves.close()  # the usual snippet never calls finish()
+    time.sleep(1.0)
+    assert stays.population()["members"][stays.member_id]["gone"] is False  # it heartbeats
+    view = stays.population()["members"][leaves.member_id]
+    assert view["gone"] is True and view["state"] == "running"
+    runner = CliRunner()
+    live = runner.invoke(app, ["server-status", server.url, "--auth-key-file", str(key_file)])
+    stored = runner.invoke(app, ["status", "pbt", "--storage", f"sqlite:///{tmp_path}/pbt.db"])
+    for output in (live.output, stored.output):
+        rows = {line.split("│")[1].strip(" *"): line for line in output.splitlines() if line.count("│") > 3}
+        assert "gone" in rows[str(leaves.member_id)] and "lease" in rows[str(leaves.member_id)]
+        assert "running" in rows[str(stays.member_id)] and "gone" not in rows[str(stays.member_id)]
+
+
+def test_a_second_experiment_in_the_same_folder_gets_a_new_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "space.csv"
+    csv.write_text("hyperparameter,min_value,max_value,search_scale\nlr,0.001,0.1,log\n")
+    for experiment, expected_run in enumerate(("pbt", "pbt-2", "pbt-3")):
+        port = free_port()
+        with PBTServer(port, KEY, True) as server:
+            client = PBTClient("127.0.0.1", port, KEY, str(csv), cache_dir=str(tmp_path / "cache"))
+            assert client.run == expected_run and client.member_id == 0 and client.step == 0
+            client.report(1, float(experiment))
+            client.close()  # exits without finish()
+    port = free_port()
+    with PBTServer(port, KEY, True, run="pbt") as server:  # naming the run continues it (a restart)
+        client = PBTClient("127.0.0.1", port, KEY, str(csv), cache_dir=str(tmp_path / "cache"))
+        assert client.run == "pbt" and client.member_id == 1  # member 0 is still leased to the first client
+        assert client.population()["members"][0]["score"] == 0.0
+        client.close()
+    assert server.template["name"] == "pbt"
+    store = SQLStore(f"sqlite:///{tmp_path}/pbtune-runs/pbtune.db")
+    try:
+        assert [run.name for run in store.list_runs()] == ["pbt", "pbt-2", "pbt-3"]
+        assert [s.score for s in store.scores("pbt-2")] == [1.0]
+    finally:
+        store.close()

@@ -128,11 +128,12 @@ class LiveDisplay:
         for column in ("member", "state", "step", "score", "hparams", "last event"):
             table.add_column(column, justify="right" if column in ("member", "step", "score") else "left",
                              overflow="fold" if column == "last event" else "ellipsis")
+        now = time.time()
         for m in shown:
             event = last.get(m.member_id)
             style = "bold green" if m.member_id == best_id else ("red" if m.state is MemberState.FAILED else None)
             table.add_row(
-                f"{m.member_id}{' *' if m.member_id == best_id else ''}", m.state.value,
+                f"{m.member_id}{' *' if m.member_id == best_id else ''}", m.shown_state(now),
                 str(m.step) if is_unbounded(config.budget) else f"{m.step}/{config.budget}",
                 "-" if m.score is None else f"{m.score:.6g}", _fmt_hparams(m.hparams),
                 f"step {event.step} {event.kind}: {event.summary}" if event else "", style=style,

@@ -74,6 +74,7 @@ class ServiceReads:
         members = self.store.list_members(self.run_name)
         top = best_member(members, self.config.mode, self.config.ranking)
         best = top.member_id if top is not None else None
+        now = self._clock()
         return {
             "run": self.run_name,
             "created": True,
@@ -81,8 +82,8 @@ class ServiceReads:
             "population": self.config.population,
             "budget": _budget(self.config.budget),
             "best": best,
-            "time": self._clock(),
-            "members": [member_to_wire(m) for m in members],
+            "time": now,
+            "members": [member_to_wire(m, now) for m in members],
         }
 
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from pbtune.errors import PBTuneError
+
+if TYPE_CHECKING:
+    from pbtune.server.runner import PBTServer
 
 __all__ = ["register", "server", "server_status"]
 
@@ -74,11 +78,19 @@ def server(
             upload_dir=upload_dir, max_upload_bytes=max(1, int(max_upload_mb * (1 << 20))),
             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level, background=False,
         )
-        instance.serve(announce=lambda url: console.print(
-            f"[bold]pbtune server[/] run [bold]{instance.template['name']}[/] (store {instance.template['storage']})"
-            f" listening on {url}", highlight=False))
+        instance.serve(announce=lambda url: _announce(instance, url))
     except (PBTuneError, ModuleNotFoundError, OSError) as exc:
         _fail(str(exc))
+
+
+def _announce(instance: PBTServer, url: str) -> None:
+    template = instance.template
+    console.print(f"[bold]pbtune server[/] run [bold]{template['name']}[/] (store {template['storage']})"
+                  f" listening on {url}", highlight=False)
+    service = instance.service
+    if service is not None and service.reopened:  # never continue an old experiment silently
+        console.print(f"continuing run {template['name']!r} already in the store; pass --run NAME (or another"
+                      " --storage) for a new experiment", highlight=False)
 
 
 def server_status(

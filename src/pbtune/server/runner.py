@@ -32,6 +32,7 @@ __all__ = ["PBTServer", "DEFAULT_MAX_UPLOAD_BYTES", "UNBOUNDED_BUDGET"]
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
+DEFAULT_RUN = "pbt"
 MIN_POPULATION = 2  # where a population that grows with its clients starts
 _DUMMY_SPACE = {"x": {"type": "choice", "values": [0]}}
 
@@ -56,7 +57,10 @@ class PBTServer:
             config's mode, else True.
         host: interface to listen on (``0.0.0.0`` for other machines).
         config: the run's full settings.
-        run: the run's name when ``config`` is not given.
+        run: the run's name when ``config`` is not given; a run of that name already in the
+            store is reopened (a restarted server continues it). Default: ``pbt``, or, when the
+            store already holds a ``pbt`` run, a new run ``pbt-2``, ``pbt-3``... (logged): a second
+            experiment in the same folder never silently joins the previous one.
         storage / checkpoints: population store URL and checkpoint folder/URL (override ``config``).
         population: number of members, when ``config`` is not given. Default: the population
             grows with the clients that join (it starts at 2, the least a population can be;
@@ -79,7 +83,7 @@ class PBTServer:
         *,
         host: str = "127.0.0.1",
         config: RunConfig | Mapping[str, Any] | str | None = None,
-        run: str = "pbt",
+        run: str | None = None,
         storage: str | None = None,
         checkpoints: str | None = None,
         population: int | None = None,
@@ -118,11 +122,12 @@ class PBTServer:
         self.port = port
         self.auth_key = auth_key
         self.template = _template(
-            config, maximize_metric, run=run, storage=storage, checkpoints=checkpoints, population=population,
-            budget=budget, ready_interval=ready_interval, exploit=exploit, explore=explore, seed=seed,
-            lease_seconds=lease_seconds, keep_checkpoints=keep_checkpoints,
+            config, maximize_metric, run=run or DEFAULT_RUN, storage=storage, checkpoints=checkpoints,
+            population=population, budget=budget, ready_interval=ready_interval, exploit=exploit, explore=explore,
+            seed=seed, lease_seconds=lease_seconds, keep_checkpoints=keep_checkpoints,
         )
         self.grows = config is None and population is None
+        self._new_run = config is None and run is None  # resolved to a free name by the service
         self.shared_roots = tuple(shared_roots)
         self.upload_dir = upload_dir or _default_upload_dir(self.template)
         self.max_upload_bytes = max_upload_bytes
@@ -146,7 +151,9 @@ class PBTServer:
         uploads = UploadArea(self.upload_dir, max_bytes=self.max_upload_bytes)
         uploads.sweep()
         self.service = PopulationService(self.template, uploads=uploads, shared_roots=self.shared_roots,
-                                         grow=self.grows)
+                                         grow=self.grows, new_run=self._new_run)
+        self.template["name"] = self.service.run_name  # a later start() continues this run
+        self._new_run = False
         return create_app(self.service, auth_key=self.auth_key)
 
     def _uvicorn(self) -> tuple[Any, Any]:

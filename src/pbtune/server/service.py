@@ -64,6 +64,8 @@ class PopulationService(ServiceReads):
         uploads: where uploaded checkpoints are staged.
         shared_roots: folders whose files clients may name as checkpoints (shared filesystem).
         grow: a client that finds no free member gets a new one (the population grows).
+        new_run: if the store already holds a run named ``template["name"]``, serve a new run
+            ``NAME-2`` (``-3``...) instead of reopening it.
         store: an open store (default: opened from ``template["storage"]``).
         clock: seconds since the epoch (lease expiry checks).
 
@@ -87,6 +89,7 @@ class PopulationService(ServiceReads):
         store: PopulationStore | None = None,
         clock: Callable[[], float] = time.time,
         grow: bool = False,
+        new_run: bool = False,
     ) -> None:
         self.template = dict(template)
         self.grow = grow
@@ -95,6 +98,8 @@ class PopulationService(ServiceReads):
         self.shared_roots = tuple(os.path.realpath(root) for root in shared_roots)
         self._clock = clock
         self.store = store if store is not None else open_store(self.template["storage"])
+        if new_run:
+            self.run_name = self.template["name"] = self._free_name(self.run_name)
         self._create_lock = threading.Lock()
         # SQLite has one writer at a time: queueing writers here is fairer (and much kinder to
         # tail latency) than letting request threads spin on its lock with retries.
@@ -104,9 +109,19 @@ class PopulationService(ServiceReads):
         self._decided: set[int] = set()  # members whose last should_exploit said yes
         self._population: Population | None = None
         self.config: RunConfig | None = None
+        self.reopened = False  # the run was already in the store (a restart continues it)
         self._reopen()
 
     # -- the run -----------------------------------------------------------------------------
+    def _free_name(self, base: str) -> str:
+        taken = {run.name for run in self.store.list_runs()}
+        if base not in taken:
+            return base
+        name = next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
+        log.warning("the store already holds a run %r: this server serves a new run %r (pass run=%r to"
+                    " continue the old one)", base, name, base)
+        return name
+
     def _reopen(self) -> None:
         try:
             stored = dict(self.store.get_run(self.run_name).config)
@@ -114,6 +129,7 @@ class PopulationService(ServiceReads):
             if self.template.get("space") is not None:
                 self._open(RunConfig.from_dict(self.template))
             return
+        self.reopened = True
         stored["storage"] = self.template["storage"]
         stored["checkpoints"] = self.template["checkpoints"]
         own = ("storage", "checkpoints", "population") if self.grow else ("storage", "checkpoints")
