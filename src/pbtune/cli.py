@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pbtune.config import DEFAULT_DIR, RunConfig, budget_text, load_config
@@ -34,7 +35,7 @@ StorageOption = typer.Option(DEFAULT_STORAGE, "--storage", "-s", help="SQLAlchem
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")  # messages hold "[extra]" and paths
     raise typer.Exit(code=2)
 
 
@@ -52,6 +53,22 @@ def _fmt_hparams(hparams: Any) -> str:
 
 def _fmt_score(score: float | None) -> str:
     return "-" if score is None else f"{score:.6g}"
+
+
+def _tensorboard_monitors(logdir: str | None) -> list[Any]:
+    """``--tensorboard DIR``: the live TensorBoard monitor (tensorboardX checked now, not mid-run)."""
+    if logdir is None:
+        return []
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise InvalidConfigError("--tensorboard", "pbtune run", "used with tensorboardX installed"
+                                 " (pip install 'pbtune[report]')", logdir)
+    from pbtune.report.tensorboard import TensorBoardMonitor
+
+    console.print(escape(f"TensorBoard event files: {logdir}; view with: tensorboard --logdir {logdir}"
+                         " (pip install 'pbtune[tensorboard]')"), highlight=False, soft_wrap=True)
+    return [TensorBoardMonitor(logdir)]
 
 
 @app.command()
@@ -73,22 +90,27 @@ def run(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Failed members resume from their last checkpoint."
     ),
+    tensorboard: str | None = typer.Option(
+        None, "--tensorboard", help="Write TensorBoard event files to this folder while the run trains."
+    ),
 ) -> None:
     """Run (or resume) the population described by CONFIG on local worker processes or Ray actors."""
     try:
         cfg = load_config(config, workers=workers, storage=storage, checkpoints=checkpoints, name=name)
         progress = "quiet" if quiet else True
+        monitors = _tensorboard_monitors(tensorboard)
         if launcher == "ray":
             from pbtune.scaleout.ray_launcher import launch_ray, parse_resources
 
             result = launch_ray(cfg, address=address, resources_per_worker=parse_resources(resources),
-                                progress=progress, extend_budget=extend_budget, retry_failed=retry_failed)
+                                progress=progress, extend_budget=extend_budget, retry_failed=retry_failed,
+                                monitors=monitors)
         elif launcher == "local":
             if address is not None or resources is not None:
                 raise InvalidConfigError("--address/--resources-per-worker", "pbtune run", "used with --launcher ray",
                                          address or resources)
             result = run_population(config=cfg, display=progress_display(progress), extend_budget=extend_budget,
-                                    retry_failed=retry_failed)
+                                    retry_failed=retry_failed, monitors=monitors)
         else:
             raise InvalidConfigError("--launcher", "pbtune run", "'local' or 'ray'", launcher)
     except PBTuneError as exc:

@@ -73,6 +73,8 @@ class PBTServer:
         max_upload_bytes: largest checkpoint upload accepted.
         ssl_certfile / ssl_keyfile: serve HTTPS with this certificate and key.
         background: start serving in a background thread now (default); False: not yet.
+        tensorboard: write the run to TensorBoard event files in this folder while serving
+            (``<dir>/<run>/member-NNN``: score, each hyperparameter, a lineage entry per exploit).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class PBTServer:
         ssl_keyfile: str | None = None,
         log_level: str = "warning",
         background: bool = True,
+        tensorboard: str | None = None,
     ) -> None:
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise InvalidConfigError("port", "PBTServer", "an integer in [0, 65535]", port)
@@ -113,6 +116,10 @@ class PBTServer:
                                      "given together with the other ssl file", ssl_keyfile or ssl_certfile)
         if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
             raise InvalidConfigError("max_upload_bytes", "PBTServer", "an integer >= 1", max_upload_bytes)
+        if tensorboard is not None:
+            from pbtune.server._live_tensorboard import require_tensorboardx
+
+            require_tensorboardx()
         if not isinstance(background, bool):
             raise InvalidConfigError("background", "PBTServer", "True or False", background)
         for root in shared_roots:
@@ -134,6 +141,8 @@ class PBTServer:
         self.ssl_certfile = ssl_certfile
         self.ssl_keyfile = ssl_keyfile
         self.log_level = log_level
+        self.tensorboard = tensorboard
+        self._live: Any = None
         self.service: PopulationService | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -154,6 +163,10 @@ class PBTServer:
                                          grow=self.grows, new_run=self._new_run)
         self.template["name"] = self.service.run_name  # a later start() continues this run
         self._new_run = False
+        if self.tensorboard is not None:
+            from pbtune.server._live_tensorboard import LiveTensorBoard
+
+            self._live = LiveTensorBoard(self.service, self.tensorboard)
         return create_app(self.service, auth_key=self.auth_key)
 
     def _uvicorn(self) -> tuple[Any, Any]:
@@ -225,6 +238,9 @@ class PBTServer:
         self._close()
 
     def _close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
         if self.service is not None:
             self.service.close()
             self.service = None
