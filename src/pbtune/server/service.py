@@ -39,8 +39,8 @@ from typing import Any
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import LeaseLostError, NotFoundError
-from pbtune.initial import first_hparams
 from pbtune.member import Donor, Member, Population
+from pbtune.server._service_growth import PopulationGrowth
 from pbtune.server._service_reads import CheckpointInfo, ServiceReads
 from pbtune.server._service_rules import already_reported, check_step_increases, fresh_token
 from pbtune.server._wire import CheckpointSpec
@@ -54,7 +54,7 @@ __all__ = ["PopulationService", "CheckpointInfo"]
 
 log = logging.getLogger(__name__)
 
-class PopulationService(ServiceReads):
+class PopulationService(ServiceReads, PopulationGrowth):
     """One run of a store, served to remote members.
 
     Args:
@@ -113,15 +113,6 @@ class PopulationService(ServiceReads):
         self._reopen()
 
     # -- the run -----------------------------------------------------------------------------
-    def _free_name(self, base: str) -> str:
-        taken = {run.name for run in self.store.list_runs()}
-        if base not in taken:
-            return base
-        name = next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
-        log.warning("the store already holds a run %r: this server serves a new run %r (pass run=%r to"
-                    " continue the old one)", base, name, base)
-        return name
-
     def _reopen(self) -> None:
         try:
             stored = dict(self.store.get_run(self.run_name).config)
@@ -287,46 +278,6 @@ class PopulationService(ServiceReads):
                     raise ServerError(f"member {member_id} was just leased to another client",
                                       status=409, code="member_held")
             return record, None
-
-    def _grow(self, token: str) -> MemberRecord | None:
-        """Add a member for ``token`` (the population grows with its clients); lease it to it."""
-        with self._create_lock:
-            assert self.config is not None and self._population is not None
-            config = self.config
-            with self._write_gate:  # a member freed (or added) while we waited for the lock
-                claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget)
-                if claimed is not None:
-                    return claimed
-                new_id = max((m.member_id for m in self.store.list_members(self.run_name)), default=-1) + 1
-                grown = RunConfig.from_dict({**config.to_dict(), "population": new_id + 1})
-                hparams = first_hparams(config.space, new_id + 1, config.seed, config.init)[new_id]
-
-                def add() -> None:  # the stored config and the member in one transaction
-                    self.store.reopen_members(self.run_name, [], config=grown.to_dict(),
-                                              summary="the population grew with a joining client")
-                    self.store.add_member(self.run_name, new_id, hparams)
-
-                self.store.batch(add)
-                self._locks.setdefault(new_id, threading.Lock())
-                self._population.config = grown
-                self.config = grown
-                claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget,
-                                           member_id=new_id)
-            if claimed is not None:
-                log.info("the population of run %r grew to %d members for client %s", self.run_name,
-                         new_id + 1, token)
-            return claimed
-
-    def _full_message(self) -> str:
-        assert self.config is not None
-        members = self.store.list_members(self.run_name)
-        done = sum(m.state.is_final or m.step >= self.config.budget for m in members)
-        return (
-            f"no free member in run {self.run_name!r}: all {len(members)} members are held by live clients"
-            f" or done ({done} finished or at the budget of {self.config.budget} steps). Start the server with"
-            f" a larger population, or rejoin as a member id; a member whose client stops heartbeating is"
-            f" free again after lease_seconds={self.config.lease_seconds:g}"
-        )
 
     def heartbeat(self, member_id: int, token: str | None) -> bool:
         """Extend the lease of ``token``; False if it no longer holds ``member_id``."""
