@@ -11,9 +11,10 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from pbtune.config import DEFAULT_DIR, RunConfig, load_config
+from pbtune.config import DEFAULT_DIR, RunConfig, budget_text, load_config
 from pbtune.diversity import diversity
 from pbtune.engine.local import run as run_population
 from pbtune.errors import InvalidConfigError, NotFoundError, PBTuneError
@@ -34,7 +35,7 @@ StorageOption = typer.Option(DEFAULT_STORAGE, "--storage", "-s", help="SQLAlchem
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")  # messages hold "[extra]" and paths
     raise typer.Exit(code=2)
 
 
@@ -52,6 +53,22 @@ def _fmt_hparams(hparams: Any) -> str:
 
 def _fmt_score(score: float | None) -> str:
     return "-" if score is None else f"{score:.6g}"
+
+
+def _tensorboard_monitors(logdir: str | None) -> list[Any]:
+    """``--tensorboard DIR``: the live TensorBoard monitor (tensorboardX checked now, not mid-run)."""
+    if logdir is None:
+        return []
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboardX") is None:
+        raise InvalidConfigError("--tensorboard", "pbtune run", "used with tensorboardX installed"
+                                 " (pip install 'pbtune[report]')", logdir)
+    from pbtune.report.tensorboard import TensorBoardMonitor
+
+    console.print(escape(f"TensorBoard event files: {logdir}; view with: tensorboard --logdir {logdir}"
+                         " (pip install 'pbtune[tensorboard]')"), highlight=False, soft_wrap=True)
+    return [TensorBoardMonitor(logdir)]
 
 
 @app.command()
@@ -73,22 +90,27 @@ def run(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Failed members resume from their last checkpoint."
     ),
+    tensorboard: str | None = typer.Option(
+        None, "--tensorboard", help="Write TensorBoard event files to this folder while the run trains."
+    ),
 ) -> None:
     """Run (or resume) the population described by CONFIG on local worker processes or Ray actors."""
     try:
         cfg = load_config(config, workers=workers, storage=storage, checkpoints=checkpoints, name=name)
         progress = "quiet" if quiet else True
+        monitors = _tensorboard_monitors(tensorboard)
         if launcher == "ray":
             from pbtune.scaleout.ray_launcher import launch_ray, parse_resources
 
             result = launch_ray(cfg, address=address, resources_per_worker=parse_resources(resources),
-                                progress=progress, extend_budget=extend_budget, retry_failed=retry_failed)
+                                progress=progress, extend_budget=extend_budget, retry_failed=retry_failed,
+                                monitors=monitors)
         elif launcher == "local":
             if address is not None or resources is not None:
                 raise InvalidConfigError("--address/--resources-per-worker", "pbtune run", "used with --launcher ray",
                                          address or resources)
             result = run_population(config=cfg, display=progress_display(progress), extend_budget=extend_budget,
-                                    retry_failed=retry_failed)
+                                    retry_failed=retry_failed, monitors=monitors)
         else:
             raise InvalidConfigError("--launcher", "pbtune run", "'local' or 'ray'", launcher)
     except PBTuneError as exc:
@@ -127,11 +149,13 @@ def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: in
     columns = ("member", "state", "step", "score", *(["smoothed"] if smoothed else []), "hparams", "worker")
     for column in columns:
         table.add_column(column, justify="right" if column in ("member", "step", "score", "smoothed") else "left")
+    now = time.time()
     for m in members:
         mark = " *" if m.member_id == best_id else ""
         scores = [_fmt_score(m.score), *([_fmt_score(ranking.score(m))] if smoothed else [])]
-        table.add_row(f"{m.member_id}{mark}", m.state.value, str(m.step), *scores, _fmt_hparams(m.hparams),
-                      m.lease_owner or "")
+        gone = m.is_gone(now)  # a dead worker's name is not shown as if it still held the member
+        table.add_row(f"{m.member_id}{mark}", m.shown_state(now), str(m.step), *scores, _fmt_hparams(m.hparams),
+                      f"({m.lease_owner}: lease expired)" if gone else m.lease_owner or "")
     return table
 
 
@@ -184,7 +208,7 @@ def status(
         return
     console.print(_members_table(run_name, members, best_id, ranking_from_config(cfg.get("ranking"))))
     finished = sum(m.state.is_final for m in members)
-    console.print(f"{finished}/{len(members)} members done; budget {cfg.get('budget')} steps each")
+    console.print(f"{finished}/{len(members)} members done; {budget_text(cfg.get('budget'))}")
     console.print(f"diversity: {spread.summary()}")
 
 

@@ -33,9 +33,27 @@ from pbtune.strategies import (
 )
 from pbtune.validation import check_bool, check_int, check_number, is_number
 
-__all__ = ["RunConfig", "load_config", "DEFAULT_DIR"]
+__all__ = ["RunConfig", "load_config", "DEFAULT_DIR", "UNBOUNDED_BUDGET", "is_unbounded", "budget_text"]
 
 DEFAULT_DIR = "pbtune-runs"
+# the budget of a server run whose clients decide when to stop (stored as an int: the store and
+# the planner compare steps with it); displays say "no budget" instead of showing it
+UNBOUNDED_BUDGET = 1_000_000_000
+
+
+def is_unbounded(budget: Any) -> bool:
+    """True for the budget of a run whose clients decide when to stop (or none at all)."""
+    return not isinstance(budget, int) or budget >= UNBOUNDED_BUDGET
+
+
+def budget_text(budget: Any) -> str:
+    """How displays name a run's budget.
+
+    Example:
+        >>> budget_text(50), budget_text(UNBOUNDED_BUDGET)
+        ('budget 50 steps each', 'no budget (clients decide when to stop)')
+    """
+    return "no budget (clients decide when to stop)" if is_unbounded(budget) else f"budget {budget} steps each"
 
 
 def _int(value: Any, field_name: str, minimum: int) -> int:

@@ -69,6 +69,17 @@ class MemberRecord:
     def has_finite_score(self) -> bool:
         return self.score is not None and math.isfinite(self.score)
 
+    def is_gone(self, now: float) -> bool:
+        """RUNNING, but its worker or client stopped renewing its lease (it died, or exited
+        without finishing): displays say ``gone`` rather than ``running``; the next worker or
+        client that joins resumes it from its last checkpoint."""
+        return (self.state is MemberState.RUNNING and self.lease_owner is not None
+                and self.lease_expires is not None and self.lease_expires <= now)
+
+    def shown_state(self, now: float) -> str:
+        """The state as displays show it: ``gone`` for a member whose lease expired (see :meth:`is_gone`)."""
+        return "gone" if self.is_gone(now) else self.state.value
+
 
 @dataclass(frozen=True)
 class ScoreRecord:

@@ -22,8 +22,8 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., PBTServer]]:
         settings: dict[str, Any] = dict(
             port=0, auth_key=KEY, upload_dir=str(tmp_path / f"uploads-{len(servers)}"),
         )
-        if "config" not in kwargs:
-            settings.update(storage=f"sqlite:///{tmp_path}/pbt.db", checkpoints=str(tmp_path / "ckpts"))
+        if "config" not in kwargs:  # a named run: a restarted server continues it
+            settings.update(storage=f"sqlite:///{tmp_path}/pbt.db", checkpoints=str(tmp_path / "ckpts"), run="pbt")
         settings.update(kwargs)
         server = PBTServer(**settings).start()
         servers.append(server)

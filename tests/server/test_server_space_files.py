@@ -18,6 +18,30 @@ def test_csv_rows_become_float_domains_with_their_scale() -> None:
     assert list(space) == ["lr", "momentum"]
 
 
+@pytest.mark.parametrize("header", [
+    "hyperparameter,min_value,max_value,search_scale",  # the older server/client project's header
+    "Hyperparameter, Min_Value, Max_Value, Search_Scale",
+    "name,min_value,max,search_scale",
+])
+def test_csv_with_the_older_projects_header(header: str, tmp_path: Path) -> None:
+    path = tmp_path / "space.csv"
+    path.write_text(f"{header}\nlr,1e-4,0.1,log\nmomentum,0.5,0.99,linear\n")
+    space = load_space_file(str(path))
+    assert {name: space[name] for name in space} == {"lr": Float(1e-4, 0.1, log=True),
+                                                     "momentum": Float(0.5, 0.99, log=False)}
+
+
+def test_csv_header_columns_may_come_in_any_order() -> None:
+    space = parse_space_csv("search_scale,hyperparameter,max_value,min_value\nlog,lr,0.1,0.001\n")
+    assert space["lr"] == Float(0.001, 0.1, log=True)
+
+
+def test_a_header_row_after_data_rows_is_data_and_an_error() -> None:
+    with pytest.raises(InvalidConfigError) as caught:
+        parse_space_csv("lr,0.001,0.1,log\nhyperparameter,min_value,max_value,search_scale\n")
+    assert caught.value.field == "min" and caught.value.where == "space.csv line 2"
+
+
 def test_csv_without_header_is_accepted() -> None:
     assert parse_space_csv("wd,0,0.01,linear")["wd"] == Float(0.0, 0.01)
 

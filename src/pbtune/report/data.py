@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pbtune.ancestry import LineageEdge, Segment, ancestry, lineage_edges, model_age
+from pbtune.config import is_unbounded
 from pbtune.errors import InvalidConfigError, PBTuneError
 from pbtune.lineage import SCHEDULE_KINDS, ScheduleEntry, schedule
 from pbtune.ranking import best_member, ranking_from_config
@@ -76,7 +77,7 @@ class RunData:
     @property
     def budget(self) -> int | None:
         budget = self.config.get("budget")
-        return int(budget) if isinstance(budget, int) else None
+        return budget if isinstance(budget, int) and not is_unbounded(budget) else None
 
     @property
     def space(self) -> Space | None:

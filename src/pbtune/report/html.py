@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pbtune.config import budget_text
 from pbtune.diversity import diversity
 from pbtune.report._files import atomic_file
 from pbtune.report.data import (
@@ -240,7 +241,7 @@ def render_report(data: RunData, *, dpi: int = 90) -> str:
 <body>
 <header><h1>PBT run <code>{_esc(data.run)}</code></h1>
 <p class="summary" id="summary">{headline}.</p>
-<p class="summary">{len(data.members)} members, {finished} done; budget {_esc(_fmt(data.budget))} steps each;
+<p class="summary">{len(data.members)} members, {finished} done; {_esc(budget_text(data.budget))};
 {exploits} exploits. Diversity: <span id="diversity">{_esc(spread)}</span>.
 Generated {generated} by pbtune.</p>
 <nav><a href="#figures">figures</a><a href="#members">members</a><a href="#schedule">best schedule</a>

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pbtune.config import RunConfig
+from pbtune.config import RunConfig, is_unbounded
 from pbtune.ranking import best_member, ranked
 from pbtune.store.base import PopulationStore
 from pbtune.types import EventRecord, MemberRecord, MemberState
@@ -35,7 +35,14 @@ def _fmt_hparams(hparams: Any) -> str:
 
 def _done_steps(members: Sequence[MemberRecord], budget: int) -> int:
     # a failed member's remaining steps were not done: the bar must not reach 100% on failures
+    if is_unbounded(budget):
+        return sum(m.step for m in members)
     return sum(budget if m.state is MemberState.FINISHED else min(m.step, budget) for m in members)
+
+
+def _total_steps(config: RunConfig, members: Sequence[MemberRecord]) -> int | None:
+    """None for a server run whose clients decide when to stop (no total to show)."""
+    return None if is_unbounded(config.budget) else config.budget * max(len(members), 1)
 
 
 def progress_line(config: RunConfig, members: Sequence[MemberRecord], events: Sequence[EventRecord]) -> str:
@@ -46,15 +53,16 @@ def progress_line(config: RunConfig, members: Sequence[MemberRecord], events: Se
         >>> progress_line(cfg, (MemberRecord("exp", 0, MemberState.RUNNING, 5, {}),), ())
         'run exp: 5/10 steps (50%), best -, 0 exploits, 0/1 members done'
     """
-    total = config.budget * max(len(members), 1)
+    total = _total_steps(config, members)
     done = _done_steps(members, config.budget)
     top = best_member(members, config.mode, config.ranking)
     best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
     exploits = sum(e.kind == "exploit" for e in events)
     finished = sum(m.state is MemberState.FINISHED for m in members)
     failed = sum(m.state is MemberState.FAILED for m in members)
+    steps = f"{done} steps" if total is None else f"{done}/{total} steps ({100 * done // total}%)"
     return (
-        f"run {config.name}: {done}/{total} steps ({100 * done // total}%), best {best}, "
+        f"run {config.name}: {steps}, best {best}, "
         f"{exploits} exploits, {finished}/{len(members)} members done" + (f", {failed} FAILED" if failed else "")
     )
 
@@ -120,12 +128,14 @@ class LiveDisplay:
         for column in ("member", "state", "step", "score", "hparams", "last event"):
             table.add_column(column, justify="right" if column in ("member", "step", "score") else "left",
                              overflow="fold" if column == "last event" else "ellipsis")
+        now = time.time()
         for m in shown:
             event = last.get(m.member_id)
             style = "bold green" if m.member_id == best_id else ("red" if m.state is MemberState.FAILED else None)
             table.add_row(
-                f"{m.member_id}{' *' if m.member_id == best_id else ''}", m.state.value,
-                f"{m.step}/{config.budget}", "-" if m.score is None else f"{m.score:.6g}", _fmt_hparams(m.hparams),
+                f"{m.member_id}{' *' if m.member_id == best_id else ''}", m.shown_state(now),
+                str(m.step) if is_unbounded(config.budget) else f"{m.step}/{config.budget}",
+                "-" if m.score is None else f"{m.score:.6g}", _fmt_hparams(m.hparams),
                 f"step {event.step} {event.kind}: {event.summary}" if event else "", style=style,
             )
         if len(members) > len(shown):
@@ -140,7 +150,7 @@ class LiveDisplay:
         top = best_member(members, config.mode, config.ranking)
         best = f"{top.score:.6g} (member {top.member_id})" if top is not None else "-"
         self._progress.update(
-            self._task, total=config.budget * max(len(members), 1), completed=_done_steps(members, config.budget),
+            self._task, total=_total_steps(config, members), completed=_done_steps(members, config.budget),
             best=best, exploits=sum(e.kind == "exploit" for e in events), failed=_failed_note(members),
         )
         return Group(self.table(config, members, events), self._progress)
@@ -164,7 +174,7 @@ class LiveDisplay:
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console,
         )
         self._task = self._progress.add_task(
-            "member-steps", total=config.budget * max(len(members), 1), best="-", exploits=0, failed=""
+            "member-steps", total=_total_steps(config, members), best="-", exploits=0, failed=""
         )
 
     # -- monitor protocol --------------------------------------------------------------------

@@ -7,7 +7,7 @@ Example::
 
     # on one machine
     from pbtune.server import PBTServer
-    PBTServer(8000, key, maximize_metric=True, host="0.0.0.0", storage="sqlite:///pbt.db").serve()
+    PBTServer(8000, key, True, host="0.0.0.0", storage="sqlite:///pbt.db").serve()  # serves at construction
 
     # in each training script
     from pbtune.server import PBTClient

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from pbtune.config import RunConfig
+from pbtune.config import RunConfig, is_unbounded
 from pbtune.member import Population
 from pbtune.ranking import best_member
 from pbtune.server._wire import PROTOCOL_VERSION, member_to_wire
@@ -59,7 +59,7 @@ class ServiceReads:
             "created": config is not None,
             "mode": config.mode if config else self.template.get("mode"),
             "population": config.population if config else self.template.get("population"),
-            "budget": config.budget if config else self.template.get("budget"),
+            "budget": _budget(config.budget if config else self.template.get("budget")),
             "ready_interval": config.ready.interval if config else None,
             "lease_seconds": config.lease_seconds if config else self.template.get("lease_seconds"),
             "space": config.space.to_config() if config else None,
@@ -74,13 +74,19 @@ class ServiceReads:
         members = self.store.list_members(self.run_name)
         top = best_member(members, self.config.mode, self.config.ranking)
         best = top.member_id if top is not None else None
+        now = self._clock()
         return {
             "run": self.run_name,
             "created": True,
             "mode": self.config.mode,
             "population": self.config.population,
-            "budget": self.config.budget,
+            "budget": _budget(self.config.budget),
             "best": best,
-            "time": self._clock(),
-            "members": [member_to_wire(m) for m in members],
+            "time": now,
+            "members": [member_to_wire(m, now) for m in members],
         }
+
+
+def _budget(budget: Any) -> int | None:
+    """None for a run whose clients decide when to stop (never the internal placeholder)."""
+    return None if is_unbounded(budget) else int(budget)

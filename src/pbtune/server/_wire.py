@@ -96,11 +96,15 @@ Token = Annotated[
 ]
 
 
-def member_to_wire(record: MemberRecord) -> dict[str, Any]:
-    """The JSON form of a member snapshot (what clients and ``GET /population`` see)."""
+def member_to_wire(record: MemberRecord, now: float | None = None) -> dict[str, Any]:
+    """The JSON form of a member snapshot (what clients and ``GET /population`` see).
+
+    ``gone``: its client's lease expired (``now``: the server's clock; None: not checked).
+    """
     return {
         "member_id": record.member_id,
         "state": record.state.value,
+        "gone": now is not None and record.is_gone(now),
         "step": record.step,
         "hparams": dict(record.hparams),
         "score": float_to_wire(record.score),

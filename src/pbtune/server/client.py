@@ -172,6 +172,16 @@ class PBTClient:
         """The hyperparameters to train with now."""
         return dict(self._view["hparams"])
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """The hyperparameters to train with now (:attr:`hparams`, under the name the older
+        server/client project's scripts call).
+
+        Example::
+
+            lr = client.hyperparameters()["lr"]
+        """
+        return self.hparams
+
     @property
     def step(self) -> int:
         return int(self._view["step"])

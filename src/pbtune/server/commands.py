@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pbtune.errors import PBTuneError
+
+if TYPE_CHECKING:
+    from pbtune.server.runner import PBTServer
 
 __all__ = ["register", "server", "server_status"]
 
@@ -24,7 +29,7 @@ _SHARED_ROOT = typer.Option(
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")  # messages hold "[extra]" and paths
     raise typer.Exit(code=2)
 
 
@@ -46,7 +51,8 @@ def server(
     config: str | None = typer.Option(None, help="JSON/YAML run config (space, population, strategies)."),
     run: str = typer.Option("pbt", help="Run name when --config is not given."),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
-    population: int = typer.Option(8, help="Members in the population (without --config)."),
+    population: int | None = typer.Option(
+        None, help="Members in the population (without --config; default: grows with the clients that join)."),
     mode: str | None = typer.Option(None, help="max or min: the direction of the metric."),
     ready_interval: int = typer.Option(1, help="Saves between exploit decisions (without --config)."),
     budget: int | None = typer.Option(None, help="Steps per member (default: unbounded)."),
@@ -57,6 +63,8 @@ def server(
     ssl_certfile: str | None = typer.Option(None, help="TLS certificate (PEM): serve HTTPS."),
     ssl_keyfile: str | None = typer.Option(None, help="TLS private key (PEM)."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
+    tensorboard: str | None = typer.Option(
+        None, "--tensorboard", help="Write TensorBoard event files to this folder while serving."),
 ) -> None:
     """Serve a PBT population over HTTP to PBTClient members on other processes and machines."""
     from pbtune.server import require_extra
@@ -71,13 +79,26 @@ def server(
             storage=storage, checkpoints=checkpoints, population=population, budget=budget,
             ready_interval=ready_interval, lease_seconds=lease_seconds, shared_roots=tuple(shared_root or ()),
             upload_dir=upload_dir, max_upload_bytes=max(1, int(max_upload_mb * (1 << 20))),
-            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level,
+            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level, background=False,
+            tensorboard=tensorboard,
         )
-        instance.serve(announce=lambda url: console.print(
-            f"[bold]pbtune server[/] run [bold]{instance.template['name']}[/] (store {instance.template['storage']})"
-            f" listening on {url}", highlight=False))
+        instance.serve(announce=lambda url: _announce(instance, url))
     except (PBTuneError, ModuleNotFoundError, OSError) as exc:
         _fail(str(exc))
+
+
+def _announce(instance: PBTServer, url: str) -> None:
+    template = instance.template
+    console.print(f"[bold]pbtune server[/] run [bold]{template['name']}[/] (store {template['storage']})"
+                  f" listening on {url}", highlight=False)
+    service = instance.service
+    if instance.tensorboard is not None:
+        console.print(escape(f"TensorBoard event files: {instance.tensorboard}; view with: tensorboard --logdir"
+                             f" {instance.tensorboard} (pip install 'pbtune[tensorboard]')"), highlight=False,
+                      soft_wrap=True)
+    if service is not None and service.reopened:  # never continue an old experiment silently
+        console.print(f"continuing run {template['name']!r} already in the store; pass --run NAME (or another"
+                      " --storage) for a new experiment", highlight=False)
 
 
 def server_status(

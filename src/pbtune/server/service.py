@@ -11,7 +11,10 @@ How member ids are handed out (a population of N members ``0..N-1``):
 * Joining without an id leases the least advanced free member to the client's token
   (:meth:`PopulationStore.claim`); the client heartbeats, and a member whose client stopped
   heartbeating for ``lease_seconds`` is free again (the next client resumes it from its last
-  checkpoint). When none is free the join fails with ``population_full``.
+  checkpoint). When none is free the join fails with ``population_full``, or, on a server
+  whose population grows with its clients (``grow``), a new member N is added for it (its
+  first hyperparameters are the ones a population of N+1 would have given it) and the run's
+  stored ``population`` becomes N+1.
 * Joining with an id rejoins that member: a restarted client keeps its identity. A member
   leased to another live client is refused (``member_held``); one leased to a dead client
   is taken over under the joining client's own token (a fresh one, never the dead client's),
@@ -37,6 +40,7 @@ from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import LeaseLostError, NotFoundError
 from pbtune.member import Donor, Member, Population
+from pbtune.server._service_growth import PopulationGrowth
 from pbtune.server._service_reads import CheckpointInfo, ServiceReads
 from pbtune.server._service_rules import already_reported, check_step_increases, fresh_token
 from pbtune.server._wire import CheckpointSpec
@@ -50,7 +54,7 @@ __all__ = ["PopulationService", "CheckpointInfo"]
 
 log = logging.getLogger(__name__)
 
-class PopulationService(ServiceReads):
+class PopulationService(ServiceReads, PopulationGrowth):
     """One run of a store, served to remote members.
 
     Args:
@@ -59,6 +63,9 @@ class PopulationService(ServiceReads):
             already in the store is reopened with its stored settings.
         uploads: where uploaded checkpoints are staged.
         shared_roots: folders whose files clients may name as checkpoints (shared filesystem).
+        grow: a client that finds no free member gets a new one (the population grows).
+        new_run: if the store already holds a run named ``template["name"]``, serve a new run
+            ``NAME-2`` (``-3``...) instead of reopening it.
         store: an open store (default: opened from ``template["storage"]``).
         clock: seconds since the epoch (lease expiry checks).
 
@@ -81,13 +88,18 @@ class PopulationService(ServiceReads):
         shared_roots: tuple[str, ...] = (),
         store: PopulationStore | None = None,
         clock: Callable[[], float] = time.time,
+        grow: bool = False,
+        new_run: bool = False,
     ) -> None:
         self.template = dict(template)
+        self.grow = grow
         self.run_name: str = self.template["name"]
         self.uploads = uploads
         self.shared_roots = tuple(os.path.realpath(root) for root in shared_roots)
         self._clock = clock
         self.store = store if store is not None else open_store(self.template["storage"])
+        if new_run:
+            self.run_name = self.template["name"] = self._free_name(self.run_name)
         self._create_lock = threading.Lock()
         # SQLite has one writer at a time: queueing writers here is fairer (and much kinder to
         # tail latency) than letting request threads spin on its lock with retries.
@@ -97,6 +109,7 @@ class PopulationService(ServiceReads):
         self._decided: set[int] = set()  # members whose last should_exploit said yes
         self._population: Population | None = None
         self.config: RunConfig | None = None
+        self.reopened = False  # the run was already in the store (a restart continues it)
         self._reopen()
 
     # -- the run -----------------------------------------------------------------------------
@@ -107,10 +120,11 @@ class PopulationService(ServiceReads):
             if self.template.get("space") is not None:
                 self._open(RunConfig.from_dict(self.template))
             return
+        self.reopened = True
         stored["storage"] = self.template["storage"]
         stored["checkpoints"] = self.template["checkpoints"]
-        ignored = sorted(k for k, v in self.template.items()
-                         if k not in ("storage", "checkpoints") and v is not None and stored.get(k) != v)
+        own = ("storage", "checkpoints", "population") if self.grow else ("storage", "checkpoints")
+        ignored = sorted(k for k, v in self.template.items() if k not in own and v is not None and stored.get(k) != v)
         if ignored:
             log.warning("run %r already exists in the store: its stored settings win over the server's %s",
                         self.run_name, ", ".join(ignored))
@@ -225,6 +239,8 @@ class PopulationService(ServiceReads):
                     return member, token
             with self._write_gate:
                 claimed = self.store.claim(self.run_name, token, config.lease_seconds, config.budget)
+            if claimed is None and self.grow:
+                claimed = self._grow(token)
             if claimed is None:
                 raise PopulationFullError(self._full_message(), status=409, code="population_full")
             log.info("client %s joined as member %d", token, claimed.member_id)
@@ -262,17 +278,6 @@ class PopulationService(ServiceReads):
                     raise ServerError(f"member {member_id} was just leased to another client",
                                       status=409, code="member_held")
             return record, None
-
-    def _full_message(self) -> str:
-        assert self.config is not None
-        members = self.store.list_members(self.run_name)
-        done = sum(m.state.is_final or m.step >= self.config.budget for m in members)
-        return (
-            f"no free member in run {self.run_name!r}: all {len(members)} members are held by live clients"
-            f" or done ({done} finished or at the budget of {self.config.budget} steps). Start the server with"
-            f" a larger population, or rejoin as a member id; a member whose client stops heartbeating is"
-            f" free again after lease_seconds={self.config.lease_seconds:g}"
-        )
 
     def heartbeat(self, member_id: int, token: str | None) -> bool:
         """Extend the lease of ``token``; False if it no longer holds ``member_id``."""

@@ -1,9 +1,11 @@
 """Hyperparameter space files: the legacy CSV ``name,min,max,scale`` format and JSON/YAML.
 
-A CSV file has one hyperparameter per row; ``scale`` is ``log`` or ``linear``; a header row
-``name,min,max,scale`` is optional; blank lines and lines starting with ``#`` are skipped::
+A CSV file has one hyperparameter per row; ``scale`` is ``log`` or ``linear``; blank lines and
+lines starting with ``#`` are skipped. A header row is optional: ``name,min,max,scale``, or the
+older project's ``hyperparameter,min_value,max_value,search_scale`` (the two spellings may be
+mixed; with a header, the columns may come in any order)::
 
-    name,min,max,scale
+    hyperparameter,min_value,max_value,search_scale
     lr,1e-4,1e-1,log
     momentum,0.5,0.99,linear
 
@@ -35,6 +37,16 @@ __all__ = ["load_space_file", "parse_space_csv", "SCALES"]
 
 SCALES = ("linear", "log")
 _HEADER = ["name", "min", "max", "scale"]
+_ALIASES = {"name": "name", "hyperparameter": "name", "min": "min", "min_value": "min", "max": "max",
+            "max_value": "max", "scale": "scale", "search_scale": "scale"}
+
+
+def _header(cells: list[str]) -> list[int] | None:
+    """For a header row, where each of name, min, max, scale is; None for a data row."""
+    roles = [_ALIASES.get(cell.lower()) for cell in cells]
+    if None in roles or sorted(map(str, roles)) != sorted(_HEADER):
+        return None
+    return [roles.index(column) for column in _HEADER]
 
 
 def parse_space_csv(text: str, where: str = "space.csv") -> Space:
@@ -46,16 +58,21 @@ def parse_space_csv(text: str, where: str = "space.csv") -> Space:
     """
     domains: dict[str, Float] = {}
     rows = csv.reader(io.StringIO(text))
+    order = [0, 1, 2, 3]  # where name, min, max, scale are (a header may reorder them)
+    seen_data = False
     for line_no, row in enumerate(rows, start=1):
         cells = [cell.strip() for cell in row]
         if not cells or all(not c for c in cells) or cells[0].startswith("#"):
             continue
-        if [c.lower() for c in cells] == _HEADER:
+        header = None if seen_data else _header(cells)
+        if header is not None:
+            order = header
             continue
+        seen_data = True
         at = f"{where} line {line_no}"
         if len(cells) != 4:
             raise InvalidConfigError("row", at, "4 columns: name,min,max,scale", ",".join(row))
-        name, low_text, high_text, scale = cells
+        name, low_text, high_text, scale = (cells[i] for i in order)
         if not name:
             raise InvalidConfigError("name", at, "a non-empty hyperparameter name", name)
         if name in domains:

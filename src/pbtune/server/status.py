@@ -69,8 +69,10 @@ def population_table(view: dict[str, Any]) -> Table:
         score = m.get("score")
         shown = "-" if score is None else f"{float_from_wire(score):.6g}"
         mark = " *" if m["member_id"] == view.get("best") else ""
-        table.add_row(f"{m['member_id']}{mark}", m["state"], str(m["step"]), shown, _fmt_hparams(m["hparams"]),
-                      m.get("client") or "")
+        gone = bool(m.get("gone"))  # its client exited without finish() or died: not `running`
+        client = f"({m.get('client')}: lease expired)" if gone else m.get("client") or ""
+        table.add_row(f"{m['member_id']}{mark}", "gone" if gone else m["state"], str(m["step"]), shown,
+                      _fmt_hparams(m["hparams"]), client)
     return table
 
 
