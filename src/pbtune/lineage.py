@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pbtune.types import EventRecord
 
-__all__ = ["SCHEDULE_KINDS", "ScheduleEntry", "schedule"]
+__all__ = ["SCHEDULE_KINDS", "ScheduleEntry", "schedule", "schedule_csv", "schedule_records"]
 
 SCHEDULE_KINDS = ("init", "exploit", "explore")  # the events that set a member's hyperparameters
 
@@ -105,3 +107,27 @@ def _dedupe(entries: list[ScheduleEntry]) -> list[ScheduleEntry]:
         if not deduped or dict(deduped[-1].hparams) != dict(entry.hparams):
             deduped.append(entry)
     return deduped
+
+
+def schedule_records(entries: Iterable[ScheduleEntry]) -> list[dict[str, Any]]:
+    """JSON-ready entries: ``{"step", "hparams", "from_member", "kind"}`` (the form replay accepts)."""
+    return [{"step": e.step, "hparams": dict(e.hparams), "from_member": e.member_id, "kind": e.kind} for e in entries]
+
+
+def schedule_csv(entries: Sequence[ScheduleEntry]) -> str:
+    """CSV with columns ``step, from_member, kind`` and one column per hyperparameter.
+
+    Example:
+        >>> print(schedule_csv([ScheduleEntry(0, {"lr": 0.1}, 3, "init")]).strip())
+        step,from_member,kind,lr
+        0,3,init,0.1
+    """
+    names: dict[str, None] = {}
+    for entry in entries:
+        names.update(dict.fromkeys(entry.hparams))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["step", "from_member", "kind", *names])
+    for entry in entries:
+        writer.writerow([entry.step, entry.member_id, entry.kind, *(entry.hparams.get(n, "") for n in names)])
+    return buffer.getvalue()

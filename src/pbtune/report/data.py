@@ -13,8 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 from pbtune.ancestry import LineageEdge, Segment, ancestry, lineage_edges, model_age
 from pbtune.config import is_unbounded
 from pbtune.errors import InvalidConfigError, PBTuneError
-from pbtune.lineage import SCHEDULE_KINDS, ScheduleEntry, schedule
+from pbtune.lineage import SCHEDULE_KINDS, ScheduleEntry, schedule, schedule_csv, schedule_records
 from pbtune.ranking import best_member, ranking_from_config
 from pbtune.space import Choice, Space
 from pbtune.store.base import PopulationStore
@@ -414,27 +412,3 @@ def member_rows(data: RunData) -> list[dict[str, Any]]:
 def member_schedule(data: RunData, member_id: int) -> list[ScheduleEntry]:
     """The hyperparameter schedule (steps are the model's age) behind ``member_id``'s model."""
     return schedule(data.events, member_id)
-
-
-def schedule_records(entries: Iterable[ScheduleEntry]) -> list[dict[str, Any]]:
-    """JSON-ready entries: ``{"step", "hparams", "from_member", "kind"}`` (the form replay accepts)."""
-    return [{"step": e.step, "hparams": dict(e.hparams), "from_member": e.member_id, "kind": e.kind} for e in entries]
-
-
-def schedule_csv(entries: Sequence[ScheduleEntry]) -> str:
-    """CSV with columns ``step, from_member, kind`` and one column per hyperparameter.
-
-    Example:
-        >>> print(schedule_csv([ScheduleEntry(0, {"lr": 0.1}, 3, "init")]).strip())
-        step,from_member,kind,lr
-        0,3,init,0.1
-    """
-    names: dict[str, None] = {}
-    for entry in entries:
-        names.update(dict.fromkeys(entry.hparams))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["step", "from_member", "kind", *names])
-    for entry in entries:
-        writer.writerow([entry.step, entry.member_id, entry.kind, *(entry.hparams.get(n, "") for n in names)])
-    return buffer.getvalue()

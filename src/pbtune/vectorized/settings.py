@@ -100,6 +100,7 @@ def make_settings(
     mode: str | None = None,
     ranking: Any = None,
     init: str = "random",
+    sync: bool = True,
     seed: int = 0,
     name: str | None = None,
     storage: str = f"sqlite:///{DEFAULT_DIR}/pbtune.db",
@@ -144,6 +145,7 @@ def make_settings(
         exploit=exploit_from_config(exploit if exploit is not None else "truncation"),
         explore=explore_from_config(explore if explore is not None else "perturb_or_resample"), seed=seed,
         ranking=ranking_from_config(ranking), init=init, storage=storage,
+        sync=_lockstep(sync),
         checkpoints=checkpoints, checkpoint_interval=checkpoint_interval,
     )
     if background_writes not in (None, True, False):
@@ -157,6 +159,13 @@ def make_settings(
         checkpoint_path=_checkpoint_path(checkpoint, checkpoints, config.name), chunk_size=chunk_size,
         progress=progress, flush_seconds=float(flush_seconds), background_writes=background_writes,
     )
+
+
+def _lockstep(sync: Any) -> bool:
+    """The batched population steps in lockstep: it is generational PBT by construction."""
+    if sync is not True:
+        raise InvalidConfigError("sync", WHERE, "true (every member steps in lockstep: generational PBT)", sync)
+    return True
 
 
 def _checkpoint_path(checkpoint: Any, checkpoints: str, name: str) -> str | None:
