@@ -20,6 +20,8 @@ import pbtune  # noqa: E402
 # (folder, config, overrides of trainable_args, modules it needs)
 FULL_CONFIGS = [
     ("gbt", "gbt.yaml", {}, ["sklearn"]),
+    ("forest", "forest.yaml", {}, ["sklearn"]),
+    ("forest", "extra_trees.yaml", {}, ["sklearn"]),
     ("gan", "gan.yaml", {"iters_per_step": 10, "eval_samples": 200}, ["sklearn"]),
     ("mnist", "mnist_fc.yaml", {"batches_per_step": 20, "val_size": 500}, []),
     ("mnist", "mnist_conv.yaml", {"batches_per_step": 10, "val_size": 500}, []),
