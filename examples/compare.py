@@ -15,7 +15,9 @@ For each seed it runs the config up to four ways and prints one table (mean and 
   (skipped when the config has none), trained for ``budget`` steps in this process.
 
 The score is the config's ``metric`` of the best member at the end (as ``pbtune best`` shows
-it). If the trainable defines ``evaluate() -> dict`` (e.g. test accuracy), it is computed for
+it). Steps are equal across pbt, random and grid; when a trainable's steps differ in cost (the
+translation example tunes epochs per step) it reports ``work`` per step, and the column ``work``
+is the run's total. If the trainable defines ``evaluate() -> dict`` (e.g. test accuracy), it is computed for
 that best member too. The last line printed is one JSON object of all figures.
 """
 
@@ -134,8 +136,11 @@ def run_population(config: pbtune.RunConfig, workers: int | None,
     wall = time.monotonic() - start
     store = pbtune.open_store(config.storage)
     first = {}
+    work: list[float] = []
     for record in store.scores(config.name):
         first.setdefault(record.member_id, record.score)
+        if "work" in record.metrics:
+            work.append(float(record.metrics["work"]))
     initial = sorted(first.values(), reverse=config.mode == "max")
     extra: dict[str, float] = {}
     if result.checkpoint_path:
@@ -152,6 +157,7 @@ def run_population(config: pbtune.RunConfig, workers: int | None,
         "best_hparams": dict(result.best.hparams),
         "steps": config.population * config.budget,
         "wall_s": wall,
+        **({"work": sum(work)} if work else {}),
         **extra,
     }
 
@@ -163,10 +169,13 @@ def run_baseline(config: pbtune.RunConfig, hparams: Mapping[str, Any], seed: int
     trainable = cls(**{**config.trainable_args, "seed": seed})
     trainable.setup(dict(hparams))
     metrics: Mapping[str, float] = {}
+    work = 0.0
     for _ in range(config.budget):
         metrics = trainable.step()
+        work += float(metrics.get("work", 0.0))
     return {"score": float(metrics[config.metric]), "best_hparams": dict(hparams), "steps": config.budget,
-            "wall_s": time.monotonic() - start, **_extra_metrics(trainable)}
+            "wall_s": time.monotonic() - start, **({"work": work} if "work" in metrics else {}),
+            **_extra_metrics(trainable)}
 
 
 def summarize(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
