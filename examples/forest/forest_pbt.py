@@ -113,7 +113,9 @@ class Forest(pbtune.Trainable):
             self.history[-1] = (trees, tree_params)  # same settings: one replay segment
         else:
             self.history.append((trees, tree_params))
-        return {**self._scores(self.x_val, self.y_val), "trees": float(trees)}
+        # work: trees grown this step (steps differ in cost when trees_per_step is tuned)
+        return {**self._scores(self.x_val, self.y_val), "trees": float(trees),
+                "work": float(self.hparams["trees_per_step"])}
 
     def _scores(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         proba = self.model.predict_proba(x)
