@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +47,12 @@ def example_path(*parts: str) -> str:
     return os.path.join(EXAMPLES, *parts)
 
 
-def run_config(config: pbtune.RunConfig) -> Outcome:
-    """Create the population and drive it with one in-process worker until every member finishes."""
+def run_config(config: pbtune.RunConfig, initial: Sequence[Mapping[str, Any]] = ()) -> Outcome:
+    """Create the population (members starting from ``initial`` if given) and drive it with one
+    in-process worker until every member finishes."""
     if config.storage.startswith("sqlite:///"):  # pbtune.run makes this folder; Population does not
         os.makedirs(os.path.dirname(config.storage[len("sqlite:///"):]) or ".", exist_ok=True)
-    population = pbtune.Population(config)
+    population = pbtune.Population(config, initial=initial)
     pbtune.Worker(config, load_trainable(str(config.trainable))).run()
     store = population.store
     members = store.list_members(config.name)

@@ -20,12 +20,14 @@ import pbtune  # noqa: E402
 # (folder, config, overrides of trainable_args, modules it needs)
 FULL_CONFIGS = [
     ("gbt", "gbt.yaml", {}, ["sklearn"]),
+    ("forest", "forest.yaml", {}, ["sklearn"]),
+    ("forest", "extra_trees.yaml", {}, ["sklearn"]),
     ("gan", "gan.yaml", {"iters_per_step": 10, "eval_samples": 200}, ["sklearn"]),
     ("mnist", "mnist_fc.yaml", {"batches_per_step": 20, "val_size": 500}, []),
     ("mnist", "mnist_conv.yaml", {"batches_per_step": 10, "val_size": 500}, []),
     ("rl", "cartpole.yaml", {"updates_per_step": 2}, ["gymnasium"]),
-    ("seq2seq", "seq2seq.yaml", {"sentences_per_step": 128, "dev_size": 20, "limit": 2000}, ["sacrebleu"]),
-    ("seq2seq", "seq2seq_medium.yaml", {"sentences_per_step": 128, "dev_size": 20, "limit": 2000}, ["sacrebleu"]),
+    ("seq2seq", "seq2seq.yaml", {"pairs": 600, "dev_size": 20}, ["sacrebleu"]),
+    ("seq2seq", "seq2seq_medium.yaml", {"pairs": 600, "dev_size": 20}, ["sacrebleu"]),
 ]
 
 
