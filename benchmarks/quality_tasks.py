@@ -28,15 +28,16 @@ import json
 import math
 import os
 import pickle
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 import pbtune
-from pbtune.results import summarize
+from pbtune.results import require_best, summarize
 from pbtune.types import MemberState
 
 __all__ = ["TASKS", "Outcome", "Task", "lineages_left"]
@@ -276,7 +277,7 @@ def lineages_left(events: Any, members: Any) -> int:
     return len({root_of(m.member_id, m.step, None) for m in members if m.state is not MemberState.FAILED})
 
 
-def _lineages(storage: str, result: pbtune.RunResult) -> int:
+def _lineages(storage: str, result: Any) -> int:
     store = pbtune.open_store(storage)
     try:
         return lineages_left(store.events(result.run), result.members)
@@ -305,6 +306,28 @@ def _restore(task: Task, seed: int, hparams: Mapping[str, Any], path: str) -> pb
     return trainable
 
 
+class _Summary(NamedTuple):
+    run: str
+    best: Any
+    checkpoint_path: str | None
+    members: Any
+
+
+def _summary(config: pbtune.RunConfig, store: Any, checkpoints: Any) -> Any:
+    """``summarize``; where pbtune's own lineage walk fails (it reports a cycle on some
+    generational runs), the same best member by the same rule, without the extras."""
+    try:
+        return summarize(config, store, checkpoints)
+    except pbtune.PBTuneError as exc:
+        if "cycle" not in str(exc):
+            raise
+        print(f"    note: pbtune's summarize failed ({exc}); best member taken by require_best", file=sys.stderr)
+        members = store.list_members(config.name)
+        best = require_best(members, config)
+        path = checkpoints.fetch(best.checkpoint, best.checkpoint_sha256 or "") if best.checkpoint else None
+        return _Summary(config.name, best, path, members)
+
+
 def run_process(task: Task, variant: Mapping[str, Any], seed: int, population: int, steps: int,
                 workdir: str, spawn: bool = False) -> Outcome:
     """The process engine's worker loop with ``variant``'s RunConfig fields: in this process (one
@@ -325,7 +348,7 @@ def run_process(task: Task, variant: Mapping[str, Any], seed: int, population: i
             handle = pbtune.Population(config, store=store)
             pbtune.Worker(config, task.trainable, time_share=True, store=store,  # type: ignore[arg-type]
                           checkpoints=handle.checkpoints).run()
-            result = summarize(config, store, handle.checkpoints)
+            result = _summary(config, store, handle.checkpoints)
         finally:
             store.close()
     if result.checkpoint_path is None:
