@@ -34,9 +34,9 @@ def test_a_generation_is_ranked_at_one_step() -> None:
     assert (seen.step, seen.score, seen.recent) == (10, 0.3, ((8, 0.2), (10, 0.3)))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_every_decision_waits_for_its_generation(tmp_path: Path, workers: int) -> None:
-    result = pbtune.run(Quadratic, name="g", space=SPACE, population=4, workers=workers, budget=8,
+@pytest.mark.parametrize(("workers", "population"), [(1, 4), (2, 4), (1, 8)])
+def test_every_decision_waits_for_its_generation(tmp_path: Path, workers: int, population: int) -> None:
+    result = pbtune.run(Quadratic, name="g", space=SPACE, population=population, workers=workers, budget=8,
                         ready={"interval": 2}, sync=True, exploit={"name": "truncation", "quantile": 0.25},
                         storage=f"sqlite:///{tmp_path}/p.db", checkpoints=str(tmp_path / "ck"), progress=False)
     assert all(m.state is MemberState.FINISHED and m.step == 8 for m in result.members)
@@ -47,7 +47,8 @@ def test_every_decision_waits_for_its_generation(tmp_path: Path, workers: int) -
     exploits = [e for e in store.events("g") if e.kind == "exploit"]
     assert exploits
     for event in exploits:  # decided only once the whole generation had reached that step
-        assert all(reached[(m, event.step)] <= event.time for m in range(4))
+        assert all(reached[(m, event.step)] <= event.time for m in range(population))
+        assert event.donor_step == event.step  # and copied the donor's model of that step, not a later one
 
 
 def test_a_failing_member_never_blocks_the_generation(tmp_path: Path) -> None:

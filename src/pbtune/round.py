@@ -44,6 +44,7 @@ __all__ = [
     "ReadyCheck",
     "at_step",
     "decision_rng",
+    "generation_deciding",
     "generation_waiting",
     "explore_hparams",
     "plan_member",
@@ -112,6 +113,17 @@ def generation_waiting(config: RunConfig, snapshot: Sequence[MemberRecord], memb
         return False
     step = next(m.step for m in snapshot if m.member_id == member_id)
     return any(m.step < step for m in snapshot if m.state is not MemberState.FAILED and not m.state.is_final)
+
+
+def generation_deciding(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> bool:
+    """Generational mode: True while this member, which decided at its ready step, must not train on
+    because another member has not decided at that step yet (a donor that trained on would hand
+    out a later checkpoint than the generation was ranked at)."""
+    me = next(m for m in snapshot if m.member_id == member_id)
+    if not config.sync or me.last_ready_step != me.step or me.step == 0:
+        return False
+    return any(m.last_ready_step < me.step for m in snapshot
+               if m.member_id != member_id and m.state is not MemberState.FAILED and not m.state.is_final)
 
 
 def at_step(members: Iterable[MemberRecord], step: int) -> list[MemberRecord]:

@@ -26,6 +26,7 @@ from pbtune.config import RunConfig
 from pbtune.engine.trainable import Trainable, member_seed
 from pbtune.errors import CheckpointWriteError, InvalidConfigError, LeaseLostError, PBTuneError
 from pbtune.member import Member
+from pbtune.round import generation_deciding
 from pbtune.store import open_store
 from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.types import MemberRecord
@@ -193,8 +194,8 @@ class Worker:
         step = member.step
         pending: list[ScorePoint] = []  # scores not yet written: one transaction per flush, not per step
         last_flush = time.monotonic()
-        if config.sync and step < config.budget and member.is_ready():  # released while its generation waited
-            decided = self._decide(member, trainable)
+        if config.sync and step < config.budget:  # released while its generation waited
+            decided = self._decide(member, trainable) if member.is_ready() else self._hold(member, trainable)
             if decided is None:
                 return
             trainable = decided
@@ -247,6 +248,19 @@ class Worker:
             exploit = member.should_exploit()
         if exploit and member.exploit() is not None:
             trainable = self._adopt(member, trainable)
+        return self._hold(member, trainable) if self.config.sync else trainable
+
+    def _hold(self, member: Member, trainable: Trainable) -> Trainable | None:
+        """Generational mode: train on only once every member has decided at this step, so no donor
+        has moved past the step its generation was ranked at; meanwhile a time-sharing worker
+        releases the member (None)."""
+        while generation_deciding(self.config, self.store.list_members(self.config.name), member.member_id):
+            if self.time_share:
+                self._cached = (member.member_id, member.refresh().checkpoint, trainable)
+                member.pause()
+                time.sleep(self._poll)
+                return None
+            time.sleep(self._poll)
         return trainable
 
     def _report(self, member: Member, step: int, score: float, **report: Any) -> None:

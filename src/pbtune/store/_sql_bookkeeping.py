@@ -70,7 +70,7 @@ class SQLBookkeeping(SQLBase):
             query = (
                 sa.select(s.members)
                 .where(c.run == run, runnable, which)
-                .order_by(c.step, c.member_id)
+                .order_by(c.step, c.last_ready_step, c.member_id)  # at one step: members yet to decide first
                 .limit(1)
             )
             if self._for_update:

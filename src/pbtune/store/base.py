@@ -336,6 +336,9 @@ class PopulationStore(abc.ABC):
     ) -> MemberRecord | None:
         """Lease the least advanced runnable member below ``budget`` steps, or return None.
 
+        Ties at one step go to the member whose last ready check is oldest (one that still has
+        to decide at this step: generational PBT), then to the lowest id.
+
         Runnable: PENDING, PAUSED, or RUNNING whose lease expired (its worker died). A member
         taken over from a dead worker is rolled back to its last checkpoint and gets a
         ``resume`` event. With ``member_id``, only that member is leased (if runnable, at any
