@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -162,7 +163,7 @@ def main() -> None:
                            "ray": ray.__version__, "seconds": seconds, "load": os.getloadavg()[0], "methods": {}}
     for method, row in rows.items():
         mean = sum(row["test"]) / len(row["test"])
-        lineages = sorted(row["lineages"])[len(row["lineages"]) // 2]
+        lineages = statistics.median(row["lineages"])
         diff = paired(row["test"], rows["random"]["test"], task.tie) if method != "random" else None
         vs_pbt = paired(row["test"], rows["pbt"]["test"], task.tie) if method.startswith("ray") else None
         out["methods"][method] = {**row, "mean_test": mean, "median_lineages": lineages, "vs_random": diff,
