@@ -4,15 +4,19 @@ steps, fresh lease tokens, the donor's wire form."""
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from typing import Any
 
 from pbtune.member import Donor
-from pbtune.server._wire import float_to_wire
+from pbtune.server._wire import CheckpointSpec, float_to_wire
 from pbtune.server.errors import ServerError
+from pbtune.server.uploads import UploadArea
 from pbtune.types import MemberRecord
 
-__all__ = ["already_reported", "check_step_increases", "donor_to_wire", "fresh_token"]
+__all__ = [
+    "already_reported", "check_step_increases", "checkpoint_source", "donor_to_wire", "fresh_token", "shared_path",
+]
 
 
 def already_reported(record: MemberRecord, step: int, metric: float, with_checkpoint: bool) -> bool:
@@ -43,3 +47,34 @@ def donor_to_wire(donor: Donor | None) -> dict[str, Any] | None:
         return None
     return {"member_id": donor.member_id, "step": donor.step, "score": float_to_wire(donor.score),
             "hparams": dict(donor.hparams)}
+
+
+def checkpoint_source(spec: CheckpointSpec | None, uploads: UploadArea, shared_roots: tuple[str, ...]) -> str | None:
+    """The local path a report's checkpoint names: an upload, or a file under a shared root."""
+    if spec is None:
+        return None
+    if (spec.upload is None) == (spec.path is None):
+        raise ServerError("`checkpoint` must have exactly one of `upload` or `path`", status=422, code="invalid")
+    if spec.upload is not None:
+        return uploads.path(spec.upload)
+    return shared_path(spec.path or "", shared_roots)
+
+
+def shared_path(path: str, shared_roots: tuple[str, ...]) -> str:
+    """``path`` resolved, if it lies inside a shared root.
+
+    Raises:
+        ServerError: 400 for a relative path or one with ``..``; 403 outside the shared roots.
+    """
+    if not shared_roots:
+        raise ServerError("this server takes no shared-filesystem paths (start it with --shared-root DIR);"
+                          " upload the checkpoint instead", status=403, code="path_not_allowed")
+    if "\x00" in path or not os.path.isabs(path) or ".." in path.replace("\\", "/").split("/"):
+        raise ServerError(f"checkpoint path {path[:200]!r} must be absolute and without '..'",
+                          status=400, code="bad_name")
+    real = os.path.realpath(path)
+    for root in shared_roots:
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return real
+    raise ServerError(f"checkpoint path {path[:200]!r} is outside the shared roots {list(shared_roots)}",
+                      status=403, code="path_not_allowed")

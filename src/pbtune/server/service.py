@@ -42,7 +42,13 @@ from pbtune.errors import LeaseLostError, NotFoundError
 from pbtune.member import Donor, Member, Population
 from pbtune.server._service_growth import PopulationGrowth
 from pbtune.server._service_reads import CheckpointInfo, ServiceReads
-from pbtune.server._service_rules import already_reported, check_step_increases, fresh_token
+from pbtune.server._service_rules import (
+    already_reported,
+    check_step_increases,
+    checkpoint_source,
+    fresh_token,
+    shared_path,
+)
 from pbtune.server._wire import CheckpointSpec
 from pbtune.server.errors import PopulationFullError, ServerError
 from pbtune.server.uploads import UploadArea
@@ -317,33 +323,11 @@ class PopulationService(ServiceReads, PopulationGrowth):
         return result
 
     def _checkpoint_source(self, spec: CheckpointSpec | None) -> str | None:
-        if spec is None:
-            return None
-        if (spec.upload is None) == (spec.path is None):
-            raise ServerError("`checkpoint` must have exactly one of `upload` or `path`", status=422, code="invalid")
-        if spec.upload is not None:
-            return self.uploads.path(spec.upload)
-        assert spec.path is not None
-        return self.shared_path(spec.path)
+        return checkpoint_source(spec, self.uploads, self.shared_roots)
 
     def shared_path(self, path: str) -> str:
-        """``path`` resolved, if it lies inside a shared root.
-
-        Raises:
-            ServerError: 400 for a relative path or one with ``..``; 403 outside the shared roots.
-        """
-        if not self.shared_roots:
-            raise ServerError("this server takes no shared-filesystem paths (start it with --shared-root DIR);"
-                              " upload the checkpoint instead", status=403, code="path_not_allowed")
-        if "\x00" in path or not os.path.isabs(path) or ".." in path.replace("\\", "/").split("/"):
-            raise ServerError(f"checkpoint path {path[:200]!r} must be absolute and without '..'",
-                              status=400, code="bad_name")
-        real = os.path.realpath(path)
-        for root in self.shared_roots:
-            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-                return real
-        raise ServerError(f"checkpoint path {path[:200]!r} is outside the shared roots {list(self.shared_roots)}",
-                          status=403, code="path_not_allowed")
+        """``path`` resolved, if it lies inside a shared root (see :func:`shared_path`)."""
+        return shared_path(path, self.shared_roots)
 
     def should_exploit(self, member_id: int, token: str | None) -> tuple[bool, MemberRecord]:
         self._check_member_id(member_id)
