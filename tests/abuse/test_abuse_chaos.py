@@ -14,13 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from abuse_helpers import KEY
 
 from pbtune.checkpoints import CheckpointStore
 from pbtune.scaleout.postgres import DEFAULT_ADMIN_URL, reachable, temporary_database
 from pbtune.store import SQLStore
+from pbtune.testing.server_process import start_server
 from pbtune.types import MemberState
 
 STEPS = 30
@@ -47,24 +47,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _start_server(tmp_path: Path, port: int, storage: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "pbtune.cli", "server", "--port", str(port), "--auth-key-file",
-               str(tmp_path / "key"), "--storage", storage, "--checkpoints", str(tmp_path / "ckpts"),
-               "--population", str(MEMBERS), "--ready-interval", "2", "--upload-dir", str(tmp_path / "uploads")]
-    log = open(tmp_path / "server.log", "ab")  # noqa: SIM115 - the process owns it
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        assert server.poll() is None, (tmp_path / "server.log").read_text()
-        time.sleep(0.05)
-    raise AssertionError("the server did not come up")
 
 
 def _client(tmp_path: Path, port: int, index: int) -> subprocess.Popen[bytes]:
@@ -97,7 +79,7 @@ def test_sigkill_of_a_client_and_of_the_server_loses_and_doubles_nothing(tmp_pat
     (tmp_path / "key").chmod(0o600)
     (tmp_path / "space.csv").write_text("name,min,max,scale\nlr,1e-4,1,log\n")
     port = _free_port()
-    server = _start_server(tmp_path, port, storage)
+    server = start_server(tmp_path, port, tmp_path / "key", storage, MEMBERS)
     clients = [_client(tmp_path, port, i) for i in range(MEMBERS)]
     try:
         _wait_for(tmp_path, MEMBERS * STEPS // 4, clients)
@@ -109,7 +91,7 @@ def test_sigkill_of_a_client_and_of_the_server_loses_and_doubles_nothing(tmp_pat
         server.wait()
         assert len(_logged(tmp_path)) < MEMBERS * STEPS, "the run finished before the kill"
         time.sleep(1.0)  # the clients retry meanwhile
-        server = _start_server(tmp_path, port, storage)
+        server = start_server(tmp_path, port, tmp_path / "key", storage, MEMBERS)
         for client in clients:
             output, _ = client.communicate(timeout=180)
             assert client.returncode == 0, output.decode()[-3000:]

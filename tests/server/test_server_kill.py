@@ -10,35 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 from server_helpers import KEY, free_port
 
 from pbtune.store import SQLStore
+from pbtune.testing.server_process import start_server
 from pbtune.types import MemberState
 
 STEPS = 30
 CLIENT = Path(__file__).with_name("server_kill_client.py")
-
-
-
-def _start_server(tmp_path: Path, port: int, key_file: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable, "-m", "pbtune.cli", "server", "--port", str(port), "--auth-key-file", str(key_file),
-        "--storage", f"sqlite:///{tmp_path}/pbt.db", "--checkpoints", str(tmp_path / "ckpts"),
-        "--population", "4", "--ready-interval", "2", "--upload-dir", str(tmp_path / "uploads"),
-    ]
-    log = open(tmp_path / "server.log", "ab")  # noqa: SIM115 - the process owns it
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        assert server.poll() is None, (tmp_path / "server.log").read_text()
-        time.sleep(0.05)
-    raise AssertionError("the server did not come up")
 
 
 def _scores_so_far(db: str) -> int:
@@ -57,7 +36,7 @@ def test_sigkilled_server_restarted_on_its_store_loses_no_score(tmp_path: Path) 
     space.write_text("name,min,max,scale\nlr,1e-4,1,log\n")
     port = free_port()
     db = f"sqlite:///{tmp_path}/pbt.db"
-    server = _start_server(tmp_path, port, key_file)
+    server = start_server(tmp_path, port, key_file, f"sqlite:///{tmp_path}/pbt.db", 4)
     clients = [
         subprocess.Popen([sys.executable, str(CLIENT), f"http://127.0.0.1:{port}", str(key_file), str(space),
                           str(STEPS), str(tmp_path / f"client{i}.json")], cwd=tmp_path,
@@ -74,7 +53,7 @@ def test_sigkilled_server_restarted_on_its_store_loses_no_score(tmp_path: Path) 
         at_kill = _scores_so_far(db)
         assert at_kill < 4 * STEPS, "the run finished before the kill"
         time.sleep(1.0)  # clients keep retrying meanwhile
-        server = _start_server(tmp_path, port, key_file)
+        server = start_server(tmp_path, port, key_file, f"sqlite:///{tmp_path}/pbt.db", 4)
         for client in clients:
             output, _ = client.communicate(timeout=120)
             assert client.returncode == 0, output.decode()[-3000:]
