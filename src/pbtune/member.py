@@ -224,10 +224,19 @@ class Member:
             self._store.mark_ready_checked(self.run, self.member_id, plan.step, plan.expected_version)
             self.refresh()
             return None
-        try:  # the explore is written by explore(), after the user has loaded the copied weights
+
+        def writes() -> tuple[dict[int, MemberRecord] | None, list[str]]:  # one transaction
+            # The explore is written by explore(), after the user has loaded the copied weights.
             updated = self._store.apply_exploits(self.run, [plan.write(checkpoint=copy, explore=False)])
-        finally:
             self._store.unpin_checkpoint(self.run, key, holder)
+            keep = self._config.keep_checkpoints
+            return updated, [] if updated is None else self._store.collect_checkpoints(self.run, self.member_id, keep)
+
+        try:
+            updated, stale = self._store.batch(writes)
+        except BaseException:
+            self._store.unpin_checkpoint(self.run, key, holder)  # the failed transaction took its unpin along
+            raise
         if updated is None:
             self._checkpoints.delete(copy.key)
             self.refresh()
@@ -235,8 +244,8 @@ class Member:
         self._record = updated[self.member_id]
         self._explored = plan
         self._loaded_path = self._checkpoints.fetch(copy.key, copy.sha256)
-        for stale in self._store.collect_checkpoints(self.run, self.member_id, self._config.keep_checkpoints):
-            self._checkpoints.delete(stale)
+        for old in stale:
+            self._checkpoints.delete(old)
         return Donor(plan.donor_id, plan.donor_step, plan.donor_score, dict(plan.donor_hparams))
 
     def explore(self) -> dict[str, Any]:
