@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pbtune._storage_url import check_storage_url
+from pbtune.engine.devices import check_devices, check_gpus_per_worker, worker_shares
 from pbtune.errors import InvalidConfigError
 from pbtune.initial import INITS
 from pbtune.ranking import Ranking, check_mode, ranking_from_config
@@ -111,6 +112,11 @@ class RunConfig:
         trainable: ``"module:Class"`` or ``"path/to/file.py:Class"`` (for ``pbtune run``).
         trainable_args: keyword arguments for the trainable's constructor.
         resources_per_worker: what each Ray actor reserves (``--launcher ray``), e.g. ``{"cpu": 1, "gpu": 0.5}``.
+        gpus_per_worker: GPUs each local worker process sees through ``CUDA_VISIBLE_DEVICES``: a
+            fraction in (0, 1) packs ``floor(1/g)`` workers on a device, a whole number gives each
+            worker its own devices, 0 hides the GPUs (:mod:`pbtune.engine.devices`). None: inherit.
+        devices: device ids (or UUIDs) to place the workers on; default: the driver's
+            ``CUDA_VISIBLE_DEVICES``, else what ``nvidia-smi -L`` lists.
     """
 
     name: str
@@ -137,6 +143,8 @@ class RunConfig:
     trainable: str | None = None
     trainable_args: dict[str, Any] = field(default_factory=dict)
     resources_per_worker: dict[str, float] | None = None
+    gpus_per_worker: float | None = None
+    devices: list[int | str] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -174,6 +182,10 @@ class RunConfig:
         ):
             raise InvalidConfigError("resources_per_worker", "config", 'a mapping like {"cpu": 1, "gpu": 0.5}',
                                      self.resources_per_worker)
+        self.gpus_per_worker = check_gpus_per_worker(self.gpus_per_worker)
+        self.devices = check_devices(self.devices)
+        if self.devices is not None:  # listed devices: check now that the workers fit on them
+            worker_shares(self.workers, self.gpus_per_worker, self.devices)
 
     @property
     def effective_checkpoint_interval(self) -> int:
@@ -222,6 +234,8 @@ class RunConfig:
             "trainable": self.trainable,
             "trainable_args": dict(self.trainable_args),
             "resources_per_worker": dict(self.resources_per_worker) if self.resources_per_worker else None,
+            "gpus_per_worker": self.gpus_per_worker,
+            "devices": list(self.devices) if self.devices is not None else None,
         }
 
 
