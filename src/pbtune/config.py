@@ -34,7 +34,8 @@ from pbtune.strategies import (
 )
 from pbtune.validation import check_bool, check_int, check_number, is_number
 
-__all__ = ["RunConfig", "load_config", "DEFAULT_DIR", "UNBOUNDED_BUDGET", "is_unbounded", "budget_text"]
+__all__ = ["RunConfig", "load_config", "read_config_file", "DEFAULT_DIR", "UNBOUNDED_BUDGET", "is_unbounded",
+           "budget_text"]
 
 DEFAULT_DIR = "pbtune-runs"
 # the budget of a server run whose clients decide when to stop (stored as an int: the store and
@@ -246,8 +247,8 @@ def _resolve_file_target(target: str, base_dir: str) -> str:
     return target
 
 
-def load_config(path: str, **overrides: Any) -> RunConfig:
-    """Read a JSON or YAML run config; relative ``.py`` trainable paths resolve against its folder."""
+def read_config_file(path: str) -> Any:
+    """The parsed JSON or YAML of a config file (errors name the file and what is wrong)."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -257,22 +258,29 @@ def load_config(path: str, **overrides: Any) -> RunConfig:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            return yaml.safe_load(text)
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
             problem = getattr(exc, "problem", None) or type(exc).__name__
             raise InvalidConfigError("yaml", path, f"valid YAML ({problem}{at})", text[:80]) from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidConfigError("json", path, f"valid JSON ({exc})", text[:80]) from None
-    from pbtune.legacy import convert_legacy_config, is_legacy_config
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidConfigError("json", path, f"valid JSON ({exc})", text[:80]) from None
+
+
+def load_config(path: str, **overrides: Any) -> RunConfig:
+    """Read a JSON or YAML run config; relative ``.py`` trainable paths resolve against its folder."""
+    data = read_config_file(path)
+    from pbtune.legacy import convert_legacy_config, is_legacy_config, is_legacy_vanilla_config
 
     if is_legacy_config(data):  # the JSON style of the earlier MNIST-PBT project
         stem = os.path.splitext(os.path.basename(path))[0]
         data = convert_legacy_config(data, trainable=data.get("trainable"), name=data.get("name", stem))
+    elif is_legacy_vanilla_config(data) or (isinstance(data, Mapping) and "hparams" in data and "space" not in data):
+        raise InvalidConfigError("space", path, "set for a population run; this file trains one model (fixed "
+                                 "hparams, no PBT_ keys): run it with `pbtune run FILE` or pbtune.single", None)
     if isinstance(data, dict):
         data.update({k: v for k, v in overrides.items() if v is not None})
     return RunConfig.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))
