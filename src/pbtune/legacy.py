@@ -42,8 +42,8 @@ LEGACY_TRAINABLE_KEYS = frozenset({
     "momentum", "weight_decay", "data_dir", "num_classes",
 })
 # Keys that only made sense to the old program (its paths and file layout, its test process,
-# settings its trainer left at no-op values: crop 1.0, no flip; decreasing_lr_epochs, whose
-# halving its trainer never reached): dropped. ``gpus`` maps to device placement.
+# no-op values in its files: crop 1.0, no flip; its loss and initialisation; decreasing_lr_epochs,
+# whose halving its trainer never reached): dropped. ``gpus`` maps to device placement.
 LEGACY_IGNORED_KEYS = frozenset({
     "train_dir", "data_loader", "metric", "height", "width", "num_channels", "load_ckpt", "worker_num",
     "version", "num_iters_for_ckpt", "sleep_time_sec", "val", "debug", "load_ckpt_iter", "exp_time",
