@@ -63,9 +63,9 @@ def test_truncation_rounding_ceil_is_the_published_ceil_n_over_5() -> None:
     donors = {ceil.decide(pop, 1, random.Random(seed), mode="max").donor_id for seed in range(50)}  # type: ignore[union-attr]
     assert donors == {4, 5}
     assert isinstance(ceil.decide(pop, 2, random.Random(0), mode="max"), Continue)
-    assert [ceil.tail_size(n) for n in (2, 5, 6, 10, 11)] == [1, 1, 2, 2, 3]
-    assert [floor.tail_size(n) for n in (2, 5, 6, 10, 11)] == [1, 1, 1, 2, 2]
-    assert Truncation(quantile=0.3, rounding="ceil").tail_size(10) == 3  # 10 * 0.3 is 3.0000000000000004
+    assert [ceil.tail(n) for n in (2, 5, 6, 10, 11)] == [1, 1, 2, 2, 3]
+    assert [floor.tail(n) for n in (2, 5, 6, 10, 11)] == [1, 1, 1, 2, 2]
+    assert Truncation(quantile=0.3, rounding="ceil").tail(10) == 3  # 10 * 0.3 is 3.0000000000000004
 
 
 def test_truncation_rounding_is_validated_and_stored_only_when_not_floor() -> None:

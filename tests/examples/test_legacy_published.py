@@ -72,7 +72,7 @@ def test_pbt_files_convert_with_the_published_selection_and_gpus(name):
     config = pbtune.load_config(example_path("mnist", "legacy", name))
     assert set(config.space) == {"lr", "keep_prob"}
     assert config.exploit.rounding == "ceil" and config.exploit.quantile == 0.2  # ceil(n / 5), as published
-    assert config.exploit.tail_size(config.population) == 2  # 6 members: floor would take 1
+    assert config.exploit.tail(config.population) == 2  # 6 members: floor would take 1
     assert config.explore.factors == (0.8, 1.2) and config.mode == "max"
     # the file's fixed lr/keep_prob are the baseline (what a vanilla run of this config trains with)
     assert config.trainable_args["baseline"] == {"lr": 0.01, "keep_prob": 0.8}
