@@ -126,7 +126,9 @@ class DigitsGAN(pbtune.Trainable):
         self.batch_size = int(a.get("batch_size", 64))
         self.iters_per_step = int(a.get("iters_per_step", 50))
         self.eval_samples = int(a.get("eval_samples", 1000))
-        seed = member_seed(int(a.get("seed", 0)), hparams)
+        # The runner's per-member seed (self.seed; new after an exploit, so a copy draws other
+        # data than its donor); standalone, one from the run seed and the hparams.
+        seed = self.seed % 2**31 if self.seed is not None else member_seed(int(a.get("seed", 0)), hparams)
         torch.manual_seed(seed)
         self.generator_net = nn.Sequential(nn.Linear(self.z_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
                                            nn.LeakyReLU(0.2), nn.Linear(hidden, 64), nn.Sigmoid())

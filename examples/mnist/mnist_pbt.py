@@ -213,7 +213,9 @@ class MNISTTrainable(pbtune.Trainable):
         self.batch_size = int(a.get("batch_size", 64))
         per_epoch = -(-len(self.train_x) // self.batch_size)
         self.batches_per_step = int(a.get("batches_per_step") or per_epoch)
-        seed = member_seed(int(a.get("seed", 0)), hparams)
+        # The runner's per-member seed (self.seed): own initial weights and data order, and a copy
+        # made at an exploit draws other batches than its donor. Standalone: from the hparams.
+        seed = self.seed % 2**31 if self.seed is not None else member_seed(int(a.get("seed", 0)), hparams)
         torch.manual_seed(seed)
         side = int(round(self.train_x.shape[1] ** 0.5))
         self.model = make_model(str(a.get("model", "fc")), side, a.get("n_hiddens", "256,256"),

@@ -78,7 +78,9 @@ class A2C(pbtune.Trainable):
         self.updates_per_step = int(a.get("updates_per_step", 20))
         self.value_cost = float(a.get("value_cost", 0.5))
         self.max_grad_norm = float(a.get("max_grad_norm", 0.5))
-        seed = member_seed(int(a.get("seed", 0)), hparams)
+        # The runner's per-member seed (self.seed; new after an exploit, so a copy draws other
+        # data than its donor); standalone, one from the run seed and the hparams.
+        seed = self.seed % 2**31 if self.seed is not None else member_seed(int(a.get("seed", 0)), hparams)
         torch.manual_seed(seed)
         self.envs = [make_env(self.env_name, seed + i) for i in range(self.num_envs)]
         self.obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)]).astype(np.float32)

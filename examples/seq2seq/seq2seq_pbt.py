@@ -268,7 +268,9 @@ class Seq2Seq(pbtune.Trainable):
         self.sentences_per_step = int(a.get("sentences_per_step", 2048))
         self.max_len = max(len(t) for t in self.data["train"][1]) + 4
         self.dev_size = int(a.get("dev_size", 300))
-        seed = member_seed(int(a.get("seed", 0)), hparams)
+        # The runner's per-member seed (self.seed; new after an exploit, so a copy draws other
+        # data than its donor); standalone, one from the run seed and the hparams.
+        seed = self.seed % 2**31 if self.seed is not None else member_seed(int(a.get("seed", 0)), hparams)
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
         self.order: list[int] = []  # the rest of the current epoch's shuffled training indices
