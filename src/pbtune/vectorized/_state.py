@@ -40,6 +40,7 @@ class RunState:
     recent: list[list[tuple[int, float]]] = field(default_factory=list)  # per member, as MemberRecord.recent
     member_steps: int = 0
     threads: ThreadTuner | None = None  # the torch thread count of the training steps (CPU)
+    train_seconds: float = 0.0  # in the batched training steps (CPU only: timed as they run)
 
     def record_scores(self, scores: list[float]) -> None:
         """This step's scores: the current ones, and the last few of each member (for ranking)."""

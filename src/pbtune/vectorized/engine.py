@@ -56,6 +56,7 @@ class VectorizedResult(RunResult):
     elapsed_s: float = 0.0
     member_steps: int = 0  # minibatch updates done by this call, summed over members
     threads: ThreadReport | None = None  # the torch thread count the training used, and why
+    train_s: float | None = None  # of elapsed_s, in the batched training steps (CPU; None on CUDA)
     population: StackedPopulation | None = field(default=None, compare=False, repr=False)
 
     def state_dict(self, member_id: int | None = None) -> OrderedDict[str, torch.Tensor]:
@@ -160,6 +161,7 @@ class VectorizedPBT:
             if state.step < stop:
                 loop.train(state, stop)
             threads = tuner.report()
+            train_s = state.train_seconds if state.threads is not None else None
         elapsed = time.perf_counter() - started
         members = store.list_members(cfg.name)
         best = require_best(members, cfg)
@@ -172,7 +174,8 @@ class VectorizedPBT:
             members=members, storage=cfg.storage, checkpoints=cfg.checkpoints, ranking=cfg.ranking,
             diversity=diversity(members, events, cfg.space), population_checkpoint=self.checkpoint_path,
             chunk_plan=state.plan,
-            elapsed_s=elapsed, member_steps=state.member_steps, threads=threads, population=state.population,
+            elapsed_s=elapsed, member_steps=state.member_steps, threads=threads, train_s=train_s,
+            population=state.population,
         )
 
 

@@ -134,7 +134,9 @@ def train(state: RunState, stop: int) -> None:
                     with vmap_errors():
                         loss_sum[rows] += pop.train_step(_gather(x, chunk_index), _gather(y, chunk_index), rows)
                 if tuner is not None:  # CPU: ops are done when they return, so this times the step
-                    tuner.record(time.perf_counter() - began)
+                    took = time.perf_counter() - began
+                    state.train_seconds += took
+                    tuner.record(took)
             state.member_steps += size * settings.batches_per_step
             state.step += 1
             step = state.step
