@@ -106,10 +106,11 @@ class VectorizedPBT:
         flush_seconds: buffered scores are written at least this often.
         background_writes: store writes and checkpoint saves run on a background thread, in
             order, overlapping the training. Default (``None``): on when the training leaves a
-            CPU core free (on CUDA, or fewer torch threads than cores); inline when torch's
-            threads use every core, where the writer thread would only take turns with them
-            (measured: runs 15 % slower on 2 cores); the population checkpoint file, which
-            mostly waits on the disk, is then still written on a thread of its own.
+            CPU core free (on CUDA, or when the most torch threads ``threads`` may use are fewer
+            than the cores); inline when torch's threads may use every core, where the writer
+            thread would only take turns with them (measured: runs 15 % slower on 2 cores); the
+            population checkpoint file, which mostly waits on the disk, is then still written
+            on a thread of its own.
             ``False``: everything inline, no thread.
         threads: torch threads of the training on a CPU. ``None`` (default): chosen by timing
             the run's own steps at 1, 2, 4 ... threads up to torch's current count (its default
