@@ -257,7 +257,7 @@ def flops_per_member_step(batches: int, evaluation: bool = True) -> float:
     return forward + backward + evaluated
 
 
-def matmul_peak(population: int, repeat: int = 20, trials: int = 5) -> float:
+def matmul_peak(population: int, repeat: int = 10, trials: int = 30) -> float:
     """FLOP/s of the step's batched matmuls alone: the same shapes, contiguous operands, this
     process's threads; the fastest of ``trials`` timings (a peak, not an average)."""
     import torch

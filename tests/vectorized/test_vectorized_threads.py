@@ -157,10 +157,22 @@ def test_a_recheck_finds_the_cores_free_again():
             return 1.0
         return 16.0 if i < 20 else 0.6  # busy at first, free later
 
-    tuner = ThreadTuner([1, 2], lambda n: None, recheck_seconds=10.0)
+    tuner = ThreadTuner([1, 2], lambda n: None, recheck_seconds=10.0, budget=1.0)  # budget: see below
     used = drive(tuner, cost, 60)
     assert used[10] == 1  # first probe: 1 thread
     assert tuner.current == 2 and tuner.report().probes >= 2
+
+
+def test_a_costly_probe_is_repeated_less_often():
+    # a bad count's one step costs 100 s at 16x: the next probe waits until that is 1 % of the training
+    tuner = ThreadTuner([1, 2], lambda n: None, recheck_seconds=30.0, budget=0.01)
+    used = drive(tuner, lambda n, i: 1.0 if n == 1 else 101.0, 400)
+    assert used.count(2) == 1 and tuner.report().probes == 1  # 300 s of training later: no second probe
+    cheap = ThreadTuner([1, 2], lambda n: None, recheck_seconds=30.0, budget=0.01)
+    used = drive(cheap, lambda n, i: 1.0 if n == 1 else 1.2, 400)  # 2 threads only a little slower
+    # each probe loses 8 steps x 0.2 s: the next one comes 160 s later (at steps ~178 and ~355)
+    assert cheap.report().probes == 3 and cheap.current == 1
+    assert used.count(2) == 3 * 8
 
 
 def test_one_candidate_never_probes_or_switches():

@@ -9,8 +9,9 @@ holds changes from minute to minute, so no rule chosen in advance is right.
 at each candidate count, keeps the fastest, preferring fewer threads unless more are clearly
 faster, drops a candidate as soon as one of its steps is far slower than the best so far (so a
 bad count costs one or two steps), falls back when the chosen count slows down, and probes
-again every ``recheck_seconds``. The decisions only use the durations it is given, so tests
-drive it with made-up timings.
+again after ``recheck_seconds`` of training, or later when the last probe's slower steps cost
+more than 1 % of that. The decisions only use the durations it is given, so tests drive it
+with made-up timings.
 
 Example:
     >>> counts = []
@@ -164,7 +165,8 @@ class ThreadTuner:
     ``margin`` of the fastest median. Afterwards, a chosen count above the smallest candidate
     whose steps take ``drop_factor`` times its probed median ``patience`` times in a row
     (another process took the cores) starts a new probe, and so does ``recheck_seconds`` of
-    training since the last one (the load may have gone).
+    training since the last one (the load may have gone), or more: at least ``1 / budget``
+    times what the last probe lost to its slower counts (a 0.2 s step at a bad count: 20 s).
 
     Args:
         candidates: thread counts to choose from, ascending; one count: no probing.
@@ -184,6 +186,7 @@ class ThreadTuner:
         margin: float = 0.05,
         patience: int = 2,
         recheck_seconds: float = 30.0,
+        budget: float = 0.01,
     ) -> None:
         if not candidates or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in candidates):
             raise InvalidConfigError("candidates", "ThreadTuner", "thread counts >= 1", list(candidates))
@@ -192,7 +195,9 @@ class ThreadTuner:
         self._set = set_threads
         self._block, self._rounds, self._margin = block, rounds, margin
         self._drop, self._abort, self._patience = drop_factor, abort_factor, patience
-        self._recheck = recheck_seconds
+        self._recheck, self._budget = recheck_seconds, budget
+        self._next_recheck = recheck_seconds
+        self._log: list[tuple[int, float]] = []  # (count, seconds) of the current probe's steps
         self._queue: deque[tuple[int, bool]] = deque()
         self._samples: dict[int, list[float]] = {}
         self._slow: dict[int, float] = {}  # dropped count -> the step that dropped it
@@ -228,6 +233,7 @@ class ThreadTuner:
     # -- probing --------------------------------------------------------------------------------
     def _start_probe(self) -> None:
         self._probes += 1
+        self._log = []
         self._samples = {n: [] for n in self.candidates}
         self._slow = {}
         self._round = 0
@@ -245,6 +251,7 @@ class ThreadTuner:
 
     def _probe_step(self, seconds: float) -> None:
         count, timed = self._queue.popleft()
+        self._log.append((count, seconds))
         best = self._best()
         if best is not None and not self._samples[count] and seconds > (self._drop if timed else self._abort) * best:
             self._slow[count] = seconds  # far slower than the best: no more steps at this count
@@ -273,6 +280,8 @@ class ThreadTuner:
         self._chosen = min(n for n, m in medians.items() if m <= fastest * (1.0 + self._margin))
         self._reference = medians[self._chosen]
         self._since, self._streak = 0.0, 0
+        lost = sum(max(0.0, s - self._reference) for n, s in self._log if n != self._chosen)
+        self._next_recheck = max(self._recheck, lost / self._budget)
         self._apply(self._chosen)
         log.info("vectorized: %s", self.report().describe())
 
@@ -283,7 +292,7 @@ class ThreadTuner:
             self._streak += 1
         else:
             self._streak = 0
-        if self._streak >= self._patience or self._since >= self._recheck:
+        if self._streak >= self._patience or self._since >= self._next_recheck:
             self._start_probe()
 
     def _apply(self, count: int) -> None:
