@@ -166,7 +166,7 @@ class ThreadTuner:
     whose steps take ``drop_factor`` times its probed median ``patience`` times in a row
     (another process took the cores) starts a new probe, and so does ``recheck_seconds`` of
     training since the last one (the load may have gone), or more: at least ``1 / budget``
-    times what the last probe lost to its slower counts (a 0.2 s step at a bad count: 20 s).
+    times what the last probe lost to its slower counts (1 s lost: 100 s).
 
     Args:
         candidates: thread counts to choose from, ascending; one count: no probing.
