@@ -6,8 +6,9 @@ the validation set (360 samples) and a score; members are ready every ``--interv
 (truncation 25%, perturb-or-resample); ``--steps`` PBT steps per member.
 
 (a) vectorized: ``pbtune.vectorized.train`` in one process (sqlite store, population
-    checkpoint at every ready point), at 1 and 2 torch threads (``threads=1``/``2``) and with the
-    thread count it chooses itself (``threads=None``, no ``OMP_NUM_THREADS``: "auto").
+    checkpoint at every ready point), at 1 and 2 torch threads (``threads=1``/``2``,
+    ``OMP_WAIT_POLICY=ACTIVE``) and with the thread count it chooses itself (``threads=None``, no
+    ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY``: "auto", as a user's process runs).
 (b) process engine: ``pbtune.run`` with 2 worker processes (1 torch thread each) and the
     example trainable ``examples/digits_mlp.py:DigitsMLP`` (its ``batches_per_step`` = ``--batches``).
 (c) sequential: a plain loop over members in one process (1 thread), PBT decisions with the
@@ -299,15 +300,21 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(figures))
 
 
-def wait_policy(way: str) -> str:
-    """OpenMP waiting for a way's run, unless OMP_WAIT_POLICY is set.
+def wait_policy(way: str, threads: int | str = 1) -> str | None:
+    """OpenMP waiting for a way's run, unless OMP_WAIT_POLICY is set (None: libgomp's default).
 
-    (a) is the only process on the cores, so its threads spin between the step's hundreds of
-    small parallel kernels (ACTIVE: 1.45x faster at 2 threads than PASSIVE, measured); spinning
-    threads are 4x slower when other processes share the cores, so (b) and (c) keep PASSIVE
-    (with 1 thread per process the setting does not matter to them).
+    (a) at a fixed count assumes it is the only process on the cores, so its threads spin
+    between the step's hundreds of small parallel kernels (ACTIVE: 1.45x faster at 2 threads
+    than PASSIVE, measured); spinning threads are 4x slower when other processes share the
+    cores, so (b) and (c) keep PASSIVE (with 1 thread per process the setting does not matter
+    to them). (a) with automatic threads runs as a user's process would, with libgomp's
+    default: under ACTIVE the threads its probe tried and did not keep would go on spinning.
     """
-    return os.environ.get("OMP_WAIT_POLICY", "ACTIVE" if way == "vectorized" else "PASSIVE")
+    if "OMP_WAIT_POLICY" in os.environ:
+        return os.environ["OMP_WAIT_POLICY"]
+    if way != "vectorized":
+        return "PASSIVE"
+    return None if threads == "auto" else "ACTIVE"
 
 
 def measure(way: str, population: int, args: argparse.Namespace, threads: int | str = 1) -> dict[str, Any]:
@@ -329,7 +336,10 @@ def measure(way: str, population: int, args: argparse.Namespace, threads: int | 
         "--device",
         args.device,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY=wait_policy(way))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    policy = wait_policy(way, threads)
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
     if threads == "auto":  # what a user gets without setting anything: the engine chooses
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.pop(name, None)
@@ -373,7 +383,8 @@ def main() -> None:
     )
     print("member-step = one minibatch SGD update of one member; figures are member-steps per second (wall)")
     print(
-        f"OMP_WAIT_POLICY: vectorized {wait_policy('vectorized')}, others {wait_policy('process')}; "
+        f"OMP_WAIT_POLICY: vectorized {wait_policy('vectorized')} (auto threads: "
+        f"{wait_policy('vectorized', 'auto') or 'unset'}), others {wait_policy('process')}; "
         f"load average before: {os.getloadavg()}\n"
     )
     header = f"{'pop':>5} {'way':<22} {'steps/s':>10} {'wall s':>8} {'peak MiB':>9} {'best acc':>9}  note"

@@ -243,3 +243,17 @@ def test_the_environment_wins_when_threads_is_not_given(tmp_path, monkeypatch, c
     torch.set_num_threads(1)
     result = pv.train(mlp, SPACE, **_settings(tmp_path, "env"))
     assert result.threads.mode == "environment" and result.threads.threads == 1
+
+
+def test_spinning_openmp_threads_with_automatic_threads_are_warned_about(monkeypatch, caplog, caller_threads):
+    import logging
+
+    monkeypatch.setattr(vt, "usable_cpus", lambda: 2)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    with caplog.at_level(logging.WARNING, logger="pbtune.vectorized.threads"):
+        with vt.managed_threads(1, "cpu") as fixed:
+            assert fixed.candidates == (1,)
+        assert "OMP_WAIT_POLICY" not in caplog.text  # a fixed count probes nothing
+        with vt.managed_threads("auto", "cpu") as tuner:
+            assert tuner.candidates == (1, 2)
+    assert "OMP_WAIT_POLICY=ACTIVE with automatic threads" in caplog.text

@@ -309,6 +309,11 @@ def managed_threads(setting: int | str | None, device_type: str) -> Iterator[Thr
     saved = torch.get_num_threads()
     mode, counts = plan_threads(setting, device_type=device_type, current=saved, environ=os.environ,
                                 cpus=usable_cpus())
+    if len(counts) > 1 and os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "ACTIVE":
+        log.warning(
+            "vectorized: OMP_WAIT_POLICY=ACTIVE with automatic threads: OpenMP threads the probe tries and "
+            "does not keep go on spinning, taking cores from the training; unset it, or pass threads="
+        )
     tuner = ThreadTuner(counts, torch.set_num_threads, mode=mode)
     try:
         yield tuner
