@@ -129,9 +129,10 @@ def test_layers_or_losses_without_a_hand_written_backward_use_autograd():
     ],
     ids=["sgd", "adam", "adamw"],
 )
-def test_weight_decay_added_as_the_gradients_are_stored_gives_the_same_weights(spec, extra):
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Softplus], ids=["fast-path", "autograd"])
+def test_weight_decay_added_as_the_gradients_are_stored_gives_the_same_weights(spec, extra, activation):
     torch.manual_seed(0)
-    models = [nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)) for _ in range(MEMBERS)]
+    models = [nn.Sequential(nn.Linear(6, 16), activation(), nn.Linear(16, 3)) for _ in range(MEMBERS)]
     hparams = [{"lr": 0.05, **extra(i)} for i in range(MEMBERS)]
     folded, plain = (build_population(models, spec, hparams) for _ in range(2))
     rows = slice(0, MEMBERS)

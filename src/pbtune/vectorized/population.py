@@ -174,20 +174,16 @@ class StackedPopulation:
 
         Returns the members' losses (``[c]``, before the update).
         """
-        decay = self.optimizer.gradient_decay(rows) if self._grad_fn is not None else None
-        grads, losses, decayed = self._gradients(inputs, targets, rows, decay)
-        self.optimizer.step(self.params[rows], grads, rows, decayed=decayed)
+        decay = self.optimizer.gradient_decay(rows)
+        grads, losses = self.gradients(inputs, targets, rows, decay=decay)
+        self.optimizer.step(self.params[rows], grads, rows, decayed=decay is not None)
         return losses
 
-    def gradients(self, inputs: Any, targets: Any, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat gradients ``[c, D]`` and losses ``[c]`` of the members in ``rows`` (train mode)."""
-        grads, losses, _ = self._gradients(inputs, targets, rows, None)
-        return grads, losses
-
-    def _gradients(
-        self, inputs: Any, targets: Any, rows: slice, decay: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Gradients, losses, and whether ``decay`` (see ``PopulationOptimizer.gradient_decay``) was added."""
+    def gradients(
+        self, inputs: Any, targets: Any, rows: slice, *, decay: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat gradients ``[c, D]`` and losses ``[c]`` of the members in ``rows`` (train mode); with
+        ``decay`` (``[c, 1]``, ``PopulationOptimizer.gradient_decay``): ``grad + decay * param``."""
         if self._loss_fn is None:
             raise RuntimeError("call set_loss() before train_step()")
         self._mode(True)
@@ -200,7 +196,7 @@ class StackedPopulation:
             params, constants, hparams, grad_views = self._views_of(rows)
             losses = self._grad_fn(params, constants, hparams, inputs, targets, grad_views, decay)
             if losses is not None:
-                return grads, losses, decay is not None
+                return grads, losses
         # One leaf per parameter, each a view of the stacked rows (no copy). A single leaf over
         # the flat rows would be simpler, but its backward zero-fills a full [c, D] tensor per
         # parameter (slice_backward): half of the step on the digits MLP.
@@ -210,7 +206,9 @@ class StackedPopulation:
             per_param = torch.autograd.grad(losses.sum(), list(leaves.values()))
         for view, grad in zip(self._split(grads).values(), per_param, strict=True):
             view.copy_(grad)
-        return grads, losses.detach(), False
+        if decay is not None:
+            grads.addcmul_(self.params[rows], decay)  # the optimizer's own first pass, done here
+        return grads, losses.detach()
 
     def _views_of(self, rows: slice) -> tuple[dict[str, torch.Tensor], ...]:
         """Parameters, constants, tensor hyperparameters and gradient scratch of ``rows``, as views.
