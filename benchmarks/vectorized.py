@@ -6,21 +6,26 @@ the validation set (360 samples) and a score; members are ready every ``--interv
 (truncation 25%, perturb-or-resample); ``--steps`` PBT steps per member.
 
 (a) vectorized: ``pbtune.vectorized.train`` in one process (sqlite store, population
-    checkpoint at every ready point), at 1 and 2 torch threads.
+    checkpoint at every ready point), at 1 and 2 torch threads (``threads=1``/``2``,
+    ``OMP_WAIT_POLICY=ACTIVE``) and with the thread count it chooses itself (``threads=None``, no
+    ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY``: "auto", as a user's process runs).
 (b) process engine: ``pbtune.run`` with 2 worker processes (1 torch thread each) and the
     example trainable ``examples/digits_mlp.py:DigitsMLP`` (its ``batches_per_step`` = ``--batches``).
 (c) sequential: a plain loop over members in one process (1 thread), PBT decisions with the
     same strategies in memory (no store, no checkpoints: this favours (c)).
 
-For (a) it also prints the fraction of the matmul peak reached: matmul FLOP/s of the whole run
-(the MLP's forward, backward and evaluation matmuls per member-step) over the FLOP/s of the same
-batched matmul shapes in a tight loop at the same thread count, measured right after the run.
+For (a) it also prints the fraction of the matmul peak reached: matmul FLOP/s over the FLOP/s of
+the same batched matmul shapes in a tight loop at the same thread count, measured right after the
+run in the same process; once for the whole run (the MLP's forward, backward and evaluation
+matmuls per member-step over the wall time) and once for its training steps alone (forward and
+backward matmuls over the time spent in the batched steps, ``result.train_s``).
 
 Every measurement runs in a fresh subprocess; the figures are wall-clock member-steps per
 second of the whole run (for (b) including starting its workers; its steady state, from the
 store's score times, is printed too) and peak resident memory (for (b): driver + workers).
 
     python benchmarks/vectorized.py [--populations 8 32 128] [--batches 50] [--steps 6] [--interval 2]
+                                    [--vectorized-threads 1 2 auto] [--ways vectorized process sequential]
 """
 
 from __future__ import annotations
@@ -65,7 +70,6 @@ def run_vectorized(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
 
     import pbtune.vectorized as pv
 
-    torch.set_num_threads(args.threads)
     digits = _digits()
     x, y, xv, yv = digits.digits_split()
     started = time.perf_counter()
@@ -87,14 +91,20 @@ def run_vectorized(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         seed=0,
         storage=f"sqlite:///{workdir}/pbt.db",
         checkpoints=os.path.join(workdir, "ck"),
+        threads=None if args.threads == "auto" else int(args.threads),
     )
     wall = time.perf_counter() - started
+    report = result.threads
     return {
         "wall_s": wall,
+        "train_s": result.train_s,
         "member_steps": result.member_steps,
         "best": result.best.score,
         "chunks": result.chunk_plan.chunks if result.chunk_plan else 1,
         "peak_rss_mib": _rss_mib(resource.RUSAGE_SELF),
+        "threads_used": report.threads if report else torch.get_num_threads(),
+        "threads_note": report.describe() if report else "",
+        "threads_mode": report.mode if report else "",
     }
 
 
@@ -241,14 +251,14 @@ LAYERS = ((64, 128), (128, 10))
 VALIDATION = 360
 
 
-def flops_per_member_step(batches: int) -> float:
+def flops_per_member_step(batches: int, evaluation: bool = True) -> float:
     forward = sum(2 * BATCH * i * o for i, o in LAYERS)
     backward = 2 * BATCH * 128 * 10 + sum(2 * BATCH * i * o for i, o in LAYERS)
-    evaluation = sum(2 * VALIDATION * i * o for i, o in LAYERS) / batches
-    return forward + backward + evaluation
+    evaluated = sum(2 * VALIDATION * i * o for i, o in LAYERS) / batches if evaluation else 0.0
+    return forward + backward + evaluated
 
 
-def matmul_peak(population: int, repeat: int = 20, trials: int = 5) -> float:
+def matmul_peak(population: int, repeat: int = 10, trials: int = 30) -> float:
     """FLOP/s of the step's batched matmuls alone: the same shapes, contiguous operands, this
     process's threads; the fastest of ``trials`` timings (a peak, not an average)."""
     import torch
@@ -271,30 +281,43 @@ def matmul_peak(population: int, repeat: int = 20, trials: int = 5) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.threads != "auto":
+        os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     _warm_imports()
     with tempfile.TemporaryDirectory() as workdir:
         figures = WAYS[args.way](args, workdir)
     figures["steps_per_s"] = figures["member_steps"] / figures["wall_s"]
     if args.way == "vectorized":  # achieved matmul FLOP/s over the same matmuls' peak, same threads
+        import torch
+
+        torch.set_num_threads(figures["threads_used"])  # the count the run ended with
         peak = matmul_peak(args.population)
         figures["matmul_peak_gflops"] = peak / 1e9
         figures["peak_fraction"] = figures["steps_per_s"] * flops_per_member_step(args.batches) / peak
+        if figures["train_s"]:
+            train_flops = figures["member_steps"] * flops_per_member_step(args.batches, evaluation=False)
+            figures["train_peak_fraction"] = train_flops / figures["train_s"] / peak
     print(json.dumps(figures))
 
 
-def wait_policy(way: str) -> str:
-    """OpenMP waiting for a way's run, unless OMP_WAIT_POLICY is set.
+def wait_policy(way: str, threads: int | str = 1) -> str | None:
+    """OpenMP waiting for a way's run, unless OMP_WAIT_POLICY is set (None: libgomp's default).
 
-    (a) is the only process on the cores, so its threads spin between the step's hundreds of
-    small parallel kernels (ACTIVE: 1.45x faster at 2 threads than PASSIVE, measured); spinning
-    threads are 4x slower when other processes share the cores, so (b) and (c) keep PASSIVE
-    (with 1 thread per process the setting does not matter to them).
+    (a) at a fixed count assumes it is the only process on the cores, so its threads spin
+    between the step's hundreds of small parallel kernels (ACTIVE: 1.45x faster at 2 threads
+    than PASSIVE, measured); spinning threads are 4x slower when other processes share the
+    cores, so (b) and (c) keep PASSIVE (with 1 thread per process the setting does not matter
+    to them). (a) with automatic threads runs as a user's process would, with libgomp's
+    default: under ACTIVE the threads its probe tried and did not keep would go on spinning.
     """
-    return os.environ.get("OMP_WAIT_POLICY", "ACTIVE" if way == "vectorized" else "PASSIVE")
+    if "OMP_WAIT_POLICY" in os.environ:
+        return os.environ["OMP_WAIT_POLICY"]
+    if way != "vectorized":
+        return "PASSIVE"
+    return None if threads == "auto" else "ACTIVE"
 
 
-def measure(way: str, population: int, args: argparse.Namespace, threads: int = 1) -> dict[str, Any]:
+def measure(way: str, population: int, args: argparse.Namespace, threads: int | str = 1) -> dict[str, Any]:
     command = [
         sys.executable,
         os.path.abspath(__file__),
@@ -313,11 +336,25 @@ def measure(way: str, population: int, args: argparse.Namespace, threads: int = 
         "--device",
         args.device,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY=wait_policy(way))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    policy = wait_policy(way, threads)
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    if threads == "auto":  # what a user gets without setting anything: the engine chooses
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.pop(name, None)
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"{way} at population {population} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _threads(text: str) -> int | str:
+    return "auto" if text == "auto" else int(text)
+
+
+def _thread_label(threads: int | str) -> str:
+    return "auto threads" if threads == "auto" else f"x{threads} thread{'s' if threads != 1 else ''}"
 
 
 def main() -> None:
@@ -327,10 +364,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="PBT steps per member")
     parser.add_argument("--interval", type=int, default=2, help="ready interval in PBT steps")
     parser.add_argument("--repeat", type=int, default=1, help="runs per figure; the fastest is kept")
-    parser.add_argument("--vectorized-threads", type=int, nargs="+", default=[1, 2], help="torch threads for (a)")
+    parser.add_argument("--vectorized-threads", type=_threads, nargs="+", default=[1, 2, "auto"],
+                        help="torch threads for (a): counts, and 'auto' (the engine chooses)")
+    parser.add_argument("--ways", nargs="+", choices=sorted(WAYS), default=sorted(WAYS), help="which ways to run")
     parser.add_argument("--child", choices=sorted(WAYS), help=argparse.SUPPRESS)
     parser.add_argument("--population", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=_threads, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help="device of (a) and (c), e.g. cuda; (b) stays on the CPU")
     args = parser.parse_args()
     if args.child:
@@ -344,7 +383,8 @@ def main() -> None:
     )
     print("member-step = one minibatch SGD update of one member; figures are member-steps per second (wall)")
     print(
-        f"OMP_WAIT_POLICY: vectorized {wait_policy('vectorized')}, others {wait_policy('process')}; "
+        f"OMP_WAIT_POLICY: vectorized {wait_policy('vectorized')} (auto threads: "
+        f"{wait_policy('vectorized', 'auto') or 'unset'}), others {wait_policy('process')}; "
         f"load average before: {os.getloadavg()}\n"
     )
     header = f"{'pop':>5} {'way':<22} {'steps/s':>10} {'wall s':>8} {'peak MiB':>9} {'best acc':>9}  note"
@@ -352,55 +392,71 @@ def main() -> None:
     print("-" * len(header))
     summary: dict[str, dict[str, Any]] = {}
     for population in args.populations:
-        rows: dict[str, dict[str, Any]] = {}
-        plan = [(f"vectorized x{t} thread{'s' if t > 1 else ''}", "vectorized", t) for t in args.vectorized_threads]
-        plan += [("process, 2 workers", "process", 1), ("sequential, 1 thread", "sequential", 1)]
-        for label, way, threads in plan:
-            runs = [measure(way, population, args, threads) for _ in range(args.repeat)]
-            rows[label] = max(runs, key=lambda r: r["steps_per_s"])
+        plan: list[tuple[str, str, int | str]] = []
+        if "vectorized" in args.ways:
+            plan += [(f"vectorized {_thread_label(t)}", "vectorized", t) for t in args.vectorized_threads]
+        if "process" in args.ways:
+            plan.append(("process, 2 workers", "process", 1))
+        if "sequential" in args.ways:
+            plan.append(("sequential, 1 thread", "sequential", 1))
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in plan}
+        for _ in range(args.repeat):  # alternate the ways, so that a change of load hits them alike
+            for label, way, threads in plan:
+                runs[label].append(measure(way, population, args, threads))
+        rows = {label: max(found, key=lambda r: r["steps_per_s"]) for label, found in runs.items()}
+        for label, way, _ in plan:
             r = rows[label]
             note = ""
             if way == "process":
                 note = f"steady state {r['steady_steps_per_s']:.0f} steps/s (after worker start-up)"
             elif way == "vectorized":
-                note = (f"{r['chunks']} chunk(s); {100 * r['peak_fraction']:.0f}% of its matmul peak "
-                        f"({r['matmul_peak_gflops']:.1f} GFLOP/s, same shapes and threads)")
+                train = ""
+                if "train_peak_fraction" in r:
+                    train = f", {100 * r['train_peak_fraction']:.0f}% in its training steps"
+                note = (f"{r['chunks']} chunk(s); {100 * r['peak_fraction']:.0f}% of its matmul peak{train} "
+                        f"({r['matmul_peak_gflops']:.1f} GFLOP/s at {r['threads_used']} thread(s), same shapes)")
+                if r["threads_mode"] == "auto":
+                    note += f"; {r['threads_note']}"
             print(
                 f"{population:>5} {label:<22} {r['steps_per_s']:>10.0f} {r['wall_s']:>8.2f} "
                 f"{r['peak_rss_mib']:>9.0f} {r['best']:>9.3f}  {note}"
             )
+        figures: dict[str, Any] = {}
         vec = {t: rows[label] for (label, way, t) in plan if way == "vectorized"}
-        proc, seq = rows["process, 2 workers"], rows["sequential, 1 thread"]
-        best_threads = max(vec, key=lambda t: vec[t]["steps_per_s"])
-        best_vec = vec[best_threads]["steps_per_s"]
-        per_thread = "; ".join(
-            f"{t} thread{'s' if t > 1 else ''}: {v['steps_per_s'] / seq['steps_per_s']:.1f}x sequential, "
-            f"{v['steps_per_s'] / proc['steps_per_s']:.1f}x process"
-            for t, v in vec.items()
-        )
-        print(
-            f"{'':>5} ratios (vectorized at its best, {best_threads} thread(s)): "
-            f"{best_vec / seq['steps_per_s']:.1f}x sequential, {best_vec / proc['steps_per_s']:.1f}x process "
-            f"({best_vec / proc['steady_steps_per_s']:.1f}x the process engine's steady state)\n"
-            f"{'':>5} {per_thread}\n"
-        )
-        figures: dict[str, Any] = {
-            "vectorized_steps_per_s": round(best_vec, 1),
-            "vectorized_threads": best_threads,
-            "process_steps_per_s": round(proc["steps_per_s"], 1),
-            "process_steady_steps_per_s": round(proc["steady_steps_per_s"], 1),
-            "sequential_steps_per_s": round(seq["steps_per_s"], 1),
-            "vectorized_over_sequential": round(best_vec / seq["steps_per_s"], 2),
-            "vectorized_over_process": round(best_vec / proc["steps_per_s"], 2),
-        }
-        for t, v in vec.items():
-            figures[f"vectorized_{t}thread_steps_per_s"] = round(v["steps_per_s"], 1)
-            figures[f"vectorized_{t}thread_peak_fraction"] = round(v["peak_fraction"], 3)
-        figures["peak_rss_mib"] = {
-            "vectorized": round(max(v["peak_rss_mib"] for v in vec.values())),
-            "process": round(proc["peak_rss_mib"]),
-            "sequential": round(seq["peak_rss_mib"]),
-        }
+        proc, seq = rows.get("process, 2 workers"), rows.get("sequential, 1 thread")
+        if vec:
+            best_threads = max(vec, key=lambda t: vec[t]["steps_per_s"])
+            best_vec = vec[best_threads]["steps_per_s"]
+            figures["vectorized_steps_per_s"] = round(best_vec, 1)
+            figures["vectorized_threads"] = best_threads
+            for t, v in vec.items():
+                key = "vectorized_auto" if t == "auto" else f"vectorized_{t}thread"
+                figures[f"{key}_steps_per_s"] = round(v["steps_per_s"], 1)
+                figures[f"{key}_peak_fraction"] = round(v["peak_fraction"], 3)
+                if "train_peak_fraction" in v:
+                    figures[f"{key}_train_peak_fraction"] = round(v["train_peak_fraction"], 3)
+                if t == "auto":
+                    figures["vectorized_auto_threads"] = v["threads_used"]
+        if proc is not None:
+            figures["process_steps_per_s"] = round(proc["steps_per_s"], 1)
+            figures["process_steady_steps_per_s"] = round(proc["steady_steps_per_s"], 1)
+        if seq is not None:
+            figures["sequential_steps_per_s"] = round(seq["steps_per_s"], 1)
+        if vec and proc is not None and seq is not None:
+            per_thread = "; ".join(
+                f"{_thread_label(t)}: {v['steps_per_s'] / seq['steps_per_s']:.1f}x sequential, "
+                f"{v['steps_per_s'] / proc['steps_per_s']:.1f}x process"
+                for t, v in vec.items()
+            )
+            print(
+                f"{'':>5} ratios (vectorized at its best, {_thread_label(best_threads)}): "
+                f"{best_vec / seq['steps_per_s']:.1f}x sequential, {best_vec / proc['steps_per_s']:.1f}x process "
+                f"({best_vec / proc['steady_steps_per_s']:.1f}x the process engine's steady state)\n"
+                f"{'':>5} {per_thread}\n"
+            )
+            figures["vectorized_over_sequential"] = round(best_vec / seq["steps_per_s"], 2)
+            figures["vectorized_over_process"] = round(best_vec / proc["steps_per_s"], 2)
+        figures["peak_rss_mib"] = {label: round(r["peak_rss_mib"]) for label, r in rows.items()}
         summary[str(population)] = figures
     print(f"load average after: {os.getloadavg()} (other processes on this machine slow every figure)")
     print(json.dumps(summary))

@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None) -> pv.VectorizedResult:
     parser.add_argument("--storage", default="sqlite:///pbtune-runs/pbtune.db")
     parser.add_argument("--checkpoints", default="pbtune-runs/checkpoints")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: the engine times its steps and chooses)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the best member's state_dict here")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
     x, y, x_val, y_val = digits_split()
     result = pv.train(
         make_mlp,
@@ -66,11 +66,14 @@ def main(argv: list[str] | None = None) -> pv.VectorizedResult:
         checkpoints=args.checkpoints,
         device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
         seed=args.seed,
+        threads=args.threads,
     )
     print(
         f"{result.member_steps} member-steps in {result.elapsed_s:.2f} s "
         f"({result.member_steps / result.elapsed_s:.0f} per second); {result.chunk_plan.describe()}"
     )
+    if result.threads is not None:
+        print(f"threads: {result.threads.describe()}")
     print(f"best member {result.best.member_id}: accuracy {result.best.score:.4f}, {dict(result.best.hparams)}")
     print(f"store: {args.storage} (run {args.name!r}); population checkpoint: {result.population_checkpoint}")
     if args.out:

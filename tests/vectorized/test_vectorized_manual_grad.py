@@ -118,3 +118,34 @@ def test_layers_or_losses_without_a_hand_written_backward_use_autograd():
     probabilities = F.one_hot(y[:16], 3).float().expand(MEMBERS, 16, 3)
     _, losses = full.gradients(x[:16].expand(MEMBERS, 16, 6), probabilities, slice(0, MEMBERS))
     assert losses.shape == (MEMBERS,) and torch.isfinite(losses).all()
+
+
+@pytest.mark.parametrize(
+    ("spec", "extra"),
+    [
+        (pv.SGD(), lambda i: {"momentum": 0.3 * i, "weight_decay": 1e-2 * i, "nesterov": i % 2 == 1}),
+        (pv.Adam(), lambda i: {"weight_decay": 1e-2 * i}),
+        (pv.AdamW(), lambda i: {"weight_decay": 1e-2 * (i + 1)}),
+    ],
+    ids=["sgd", "adam", "adamw"],
+)
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.Softplus], ids=["fast-path", "autograd"])
+def test_weight_decay_added_as_the_gradients_are_stored_gives_the_same_weights(spec, extra, activation):
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Linear(6, 16), activation(), nn.Linear(16, 3)) for _ in range(MEMBERS)]
+    hparams = [{"lr": 0.05, **extra(i)} for i in range(MEMBERS)]
+    folded, plain = (build_population(models, spec, hparams) for _ in range(2))
+    rows = slice(0, MEMBERS)
+    # SGD and Adam add weight decay to the gradient: the fast path does it as it stores them
+    assert (folded.optimizer.gradient_decay(rows) is None) == (type(spec) is pv.AdamW)
+    x, y = blobs()
+    g = torch.Generator().manual_seed(5)
+    for _ in range(6):
+        idx = torch.randint(0, len(x), (MEMBERS, 16), generator=g)
+        folded.train_step(x[idx], y[idx], rows)
+        grads, _ = plain.gradients(x[idx], y[idx], rows)  # plain gradients, decay added by the optimizer
+        plain.optimizer.step(plain.params[rows], grads, rows)
+    assert not torch.equal(folded.params, build_population(models, spec, hparams).params)  # it trained
+    assert torch.equal(folded.params, plain.params)
+    for name, tensor in folded.optimizer.state.items():
+        assert torch.equal(tensor, plain.optimizer.state[name]), name

@@ -13,6 +13,7 @@ from pbtune.vectorized._writer import BackgroundWriter
 from pbtune.vectorized.chunking import ChunkPlan
 from pbtune.vectorized.population import StackedPopulation
 from pbtune.vectorized.settings import Settings
+from pbtune.vectorized.threads import ThreadTuner
 
 __all__ = ["RunState"]
 
@@ -38,6 +39,8 @@ class RunState:
     last_ready: list[int] = field(default_factory=list)
     recent: list[list[tuple[int, float]]] = field(default_factory=list)  # per member, as MemberRecord.recent
     member_steps: int = 0
+    threads: ThreadTuner | None = None  # the torch thread count of the training steps (CPU)
+    train_seconds: float = 0.0  # in the batched training steps (CPU only: timed as they run)
 
     def record_scores(self, scores: list[float]) -> None:
         """This step's scores: the current ones, and the last few of each member (for ranking)."""

@@ -42,6 +42,7 @@ from pbtune.vectorized._state import RunState
 from pbtune.vectorized.chunking import ChunkPlan
 from pbtune.vectorized.population import StackedPopulation
 from pbtune.vectorized.settings import NOT_VECTORIZABLE, Settings, make_settings, member_init_seed
+from pbtune.vectorized.threads import ThreadReport, managed_threads
 
 __all__ = ["VectorizedPBT", "VectorizedResult", "train", "member_init_seed", "NOT_VECTORIZABLE"]
 
@@ -54,6 +55,8 @@ class VectorizedResult(RunResult):
     chunk_plan: ChunkPlan | None = None
     elapsed_s: float = 0.0
     member_steps: int = 0  # minibatch updates done by this call, summed over members
+    threads: ThreadReport | None = None  # the torch thread count the training used, and why
+    train_s: float | None = None  # of elapsed_s, in the batched training steps (CPU; None on CUDA)
     population: StackedPopulation | None = field(default=None, compare=False, repr=False)
 
     def state_dict(self, member_id: int | None = None) -> OrderedDict[str, torch.Tensor]:
@@ -103,11 +106,19 @@ class VectorizedPBT:
         flush_seconds: buffered scores are written at least this often.
         background_writes: store writes and checkpoint saves run on a background thread, in
             order, overlapping the training. Default (``None``): on when the training leaves a
-            CPU core free (on CUDA, or fewer torch threads than cores); inline when torch's
-            threads use every core, where the writer thread would only take turns with them
-            (measured: runs 15 % slower on 2 cores); the population checkpoint file, which
-            mostly waits on the disk, is then still written on a thread of its own.
+            CPU core free (on CUDA, or when the most torch threads ``threads`` may use are fewer
+            than the cores); inline when torch's threads may use every core, where the writer
+            thread would only take turns with them (measured: runs 15 % slower on 2 cores); the
+            population checkpoint file, which mostly waits on the disk, is then still written
+            on a thread of its own.
             ``False``: everything inline, no thread.
+        threads: torch threads of the training on a CPU. ``None`` (default): chosen by timing
+            the run's own steps at 1, 2, 4 ... threads up to torch's current count (its default
+            or your ``torch.set_num_threads``, a ceiling) and the usable CPUs, re-checked every
+            30 s (:mod:`pbtune.vectorized.threads`); but the environment's ``OMP_NUM_THREADS`` /
+            ``MKL_NUM_THREADS``, if set, win. ``"auto"``: chosen by timing up to the usable CPUs,
+            whatever the environment says. An integer: exactly that many. The caller's torch
+            thread count is restored when ``run()`` returns; ``result.threads`` says what ran.
     """
 
     def __init__(self, model_fn: Callable[[], nn.Module], space: Space | Mapping[str, Any], **settings: Any) -> None:
@@ -142,11 +153,16 @@ class VectorizedPBT:
         store = handle.store
         records = {m.member_id: m for m in store.list_members(cfg.name)}
         started = time.perf_counter()
-        with torch.random.fork_rng(devices=loop.cuda_devices(settings)):  # the caller's RNG is left as it was
+        # the caller's RNG and torch thread count are left as they were
+        with torch.random.fork_rng(devices=loop.cuda_devices(settings)), \
+                managed_threads(settings.threads, settings.device.type) as tuner:
             state = self.state = loop.start(settings, store, handle.checkpoints, records)
+            state.threads = tuner if settings.device.type == "cpu" else None
             stop = cfg.budget if until is None else min(until, cfg.budget)
             if state.step < stop:
                 loop.train(state, stop)
+            threads = tuner.report()
+            train_s = state.train_seconds if state.threads is not None else None
         elapsed = time.perf_counter() - started
         members = store.list_members(cfg.name)
         best = require_best(members, cfg)
@@ -159,7 +175,8 @@ class VectorizedPBT:
             members=members, storage=cfg.storage, checkpoints=cfg.checkpoints, ranking=cfg.ranking,
             diversity=diversity(members, events, cfg.space), population_checkpoint=self.checkpoint_path,
             chunk_plan=state.plan,
-            elapsed_s=elapsed, member_steps=state.member_steps, population=state.population,
+            elapsed_s=elapsed, member_steps=state.member_steps, threads=threads, train_s=train_s,
+            population=state.population,
         )
 
 

@@ -111,9 +111,11 @@ def train(state: RunState, stop: int) -> None:
     pending: list[list[ScorePoint]] = [[] for _ in range(size)]
     last_flush = time.monotonic()
     bar = _Progress(cfg.name, cfg.budget, cfg.mode, state.step) if settings.progress else None
+    tuner = state.threads
     overlap = settings.background_writes
-    if overlap is None:
-        overlap = device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
+    if overlap is None:  # the most threads the run may use, not the count it starts probing with
+        most = max(tuner.candidates) if tuner is not None else torch.get_num_threads()
+        overlap = device.type != "cpu" or most < (os.cpu_count() or 1)
     state.writer = BackgroundWriter(enabled=overlap)
     # Writing the checkpoint file mostly waits on the disk (fsync): it gets a thread of its
     # own unless every write must be inline. Store writes are then inline and done before a
@@ -125,11 +127,16 @@ def train(state: RunState, stop: int) -> None:
         while state.step < stop:
             loss_sum = torch.zeros(size, device=device, dtype=pop.dtype)
             for _ in range(settings.batches_per_step):
+                began = time.perf_counter()
                 index = torch.randint(len(x), (size, batch), generator=state.generator, device=device)
                 for rows in slices:
                     chunk_index = index[rows]
                     with vmap_errors():
                         loss_sum[rows] += pop.train_step(_gather(x, chunk_index), _gather(y, chunk_index), rows)
+                if tuner is not None:  # CPU: ops are done when they return, so this times the step
+                    took = time.perf_counter() - began
+                    state.train_seconds += took
+                    tuner.record(took)
             state.member_steps += size * settings.batches_per_step
             state.step += 1
             step = state.step

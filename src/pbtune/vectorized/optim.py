@@ -223,22 +223,33 @@ class PopulationOptimizer:
             self._decay = (1.0 - h64["lr"] * h64["weight_decay"]).to(self.dtype).unsqueeze(1)
 
     # -- the update -----------------------------------------------------------------------------
+    def gradient_decay(self, rows: slice) -> torch.Tensor | None:
+        """Per-member L2 weight decay ``[c, 1]`` that may be added to the gradients as they are
+        written (then pass ``decayed=True`` to :meth:`step`); ``None`` when there is none to add
+        (no weight decay, or AdamW's decoupled decay, which scales the weights instead)."""
+        if self._stale:
+            self._refresh()
+        if self.spec.decoupled or not self._any["weight_decay"]:
+            return None
+        return self._col["weight_decay"][rows]
+
     @torch.no_grad()
-    def step(self, params: torch.Tensor, grads: torch.Tensor, rows: slice) -> None:
+    def step(self, params: torch.Tensor, grads: torch.Tensor, rows: slice, *, decayed: bool = False) -> None:
         """Update ``params`` (the ``rows`` of the population, shape ``[c, D]``) in place.
 
-        ``grads`` is scratch: it may be overwritten.
+        ``grads`` is scratch: it may be overwritten. ``decayed``: they already hold
+        ``grad + weight_decay * param`` (:meth:`gradient_decay`).
         """
         if self._stale:
             self._refresh()
         if self.spec.kind == "sgd":
-            self._sgd(params, grads, rows)
+            self._sgd(params, grads, rows, decayed)
         else:
-            self._adam(params, grads, rows)
+            self._adam(params, grads, rows, decayed)
 
-    def _sgd(self, params: torch.Tensor, grad: torch.Tensor, rows: slice) -> None:
+    def _sgd(self, params: torch.Tensor, grad: torch.Tensor, rows: slice, decayed: bool) -> None:
         col = self._col
-        if self._any["weight_decay"]:
+        if self._any["weight_decay"] and not decayed:
             grad.addcmul_(params, col["weight_decay"][rows])  # grad + wd * p
         update = grad
         if self._any["momentum"]:
@@ -253,14 +264,14 @@ class PopulationOptimizer:
                 update = grad.addcmul_(buf, col["momentum"][rows])
         params.addcmul_(update, col["lr"][rows], value=-1.0)
 
-    def _adam(self, params: torch.Tensor, grad: torch.Tensor, rows: slice) -> None:
+    def _adam(self, params: torch.Tensor, grad: torch.Tensor, rows: slice, decayed: bool) -> None:
         col, h64 = self._col, self._h64
         step = self.state["step"][rows]
         step += 1
         if self._any["weight_decay"]:
             if self.spec.decoupled:
                 params.mul_(self._decay[rows])  # AdamW: p * (1 - lr * wd)
-            else:
+            elif not decayed:
                 grad.addcmul_(params, col["weight_decay"][rows])
         exp_avg, exp_avg_sq = self.state["exp_avg"][rows], self.state["exp_avg_sq"][rows]
         exp_avg.lerp_(grad, self._one_minus_b1[rows])

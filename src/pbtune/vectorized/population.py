@@ -174,12 +174,16 @@ class StackedPopulation:
 
         Returns the members' losses (``[c]``, before the update).
         """
-        grads, losses = self.gradients(inputs, targets, rows)
-        self.optimizer.step(self.params[rows], grads, rows)
+        decay = self.optimizer.gradient_decay(rows)
+        grads, losses = self.gradients(inputs, targets, rows, decay=decay)
+        self.optimizer.step(self.params[rows], grads, rows, decayed=decay is not None)
         return losses
 
-    def gradients(self, inputs: Any, targets: Any, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat gradients ``[c, D]`` and losses ``[c]`` of the members in ``rows`` (train mode)."""
+    def gradients(
+        self, inputs: Any, targets: Any, rows: slice, *, decay: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat gradients ``[c, D]`` and losses ``[c]`` of the members in ``rows`` (train mode); with
+        ``decay`` (``[c, 1]``, ``PopulationOptimizer.gradient_decay``): ``grad + decay * param``."""
         if self._loss_fn is None:
             raise RuntimeError("call set_loss() before train_step()")
         self._mode(True)
@@ -190,7 +194,7 @@ class StackedPopulation:
         grads = self._grad_scratch[:count]
         if self._grad_fn is not None:
             params, constants, hparams, grad_views = self._views_of(rows)
-            losses = self._grad_fn(params, constants, hparams, inputs, targets, grad_views)
+            losses = self._grad_fn(params, constants, hparams, inputs, targets, grad_views, decay)
             if losses is not None:
                 return grads, losses
         # One leaf per parameter, each a view of the stacked rows (no copy). A single leaf over
@@ -202,6 +206,8 @@ class StackedPopulation:
             per_param = torch.autograd.grad(losses.sum(), list(leaves.values()))
         for view, grad in zip(self._split(grads).values(), per_param, strict=True):
             view.copy_(grad)
+        if decay is not None:
+            grads.addcmul_(self.params[rows], decay)  # the optimizer's own first pass, done here
         return grads, losses.detach()
 
     def _views_of(self, rows: slice) -> tuple[dict[str, torch.Tensor], ...]:

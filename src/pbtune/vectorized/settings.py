@@ -21,6 +21,7 @@ from pbtune.strategies import exploit_from_config, explore_from_config, ready_fr
 from pbtune.validation import check_int
 from pbtune.vectorized._functional import LossFn, MetricFn, resolve_loss, resolve_metric
 from pbtune.vectorized.optim import SGD, OptimizerSpec, optimizer_from_config
+from pbtune.vectorized.threads import check_threads
 
 __all__ = ["NOT_VECTORIZABLE", "Settings", "make_settings", "member_init_seed", "run_seed"]
 
@@ -75,6 +76,7 @@ class Settings:
     progress: bool
     flush_seconds: float
     background_writes: bool | None
+    threads: int | str | None = None
 
     @property
     def space(self) -> Space:
@@ -114,6 +116,7 @@ def make_settings(
     progress: bool = False,
     flush_seconds: float = 5.0,
     background_writes: bool | None = None,
+    threads: int | str | None = None,
 ) -> Settings:
     """Validate the arguments of :class:`~pbtune.vectorized.VectorizedPBT` (same names and meaning).
 
@@ -158,6 +161,7 @@ def make_settings(
         eval_batch_size=eval_batch_size, save_final=save_final, device=_check_device(device),
         checkpoint_path=_checkpoint_path(checkpoint, checkpoints, config.name), chunk_size=chunk_size,
         progress=progress, flush_seconds=float(flush_seconds), background_writes=background_writes,
+        threads=check_threads(threads, WHERE),
     )
 
 
