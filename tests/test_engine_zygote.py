@@ -253,3 +253,16 @@ def test_a_forked_zygote_does_not_keep_another_zygotes_pipe_open() -> None:
     finally:
         forked.close()
     assert forked._process.poll() is not None
+
+
+def test_pbtune_run_reads_the_trainable_ahead_of_the_cli_only_when_sure(tmp_path: Path) -> None:
+    from pbtune.__main__ import _config_trainable
+
+    config = {"name": "ahead", "trainable": "count.py:Count", "space": {"x": {"type": "float", "low": 0, "high": 1}}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    path = str(tmp_path / "run.json")
+    assert _config_trainable([path, "--quiet", "--workers", "3"]) == f"{tmp_path / 'count.py'}:Count"
+    assert _config_trainable([str(tmp_path / "bad.yaml")]) is None  # the CLI reports that error itself
+    assert _config_trainable([path, path]) is None
+    assert _config_trainable(["--quiet"]) is None

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # Modules the zygote imports after the trainable when torch is in use: torch.optim's first
 # optimizer imports torch._dynamo (seconds); torch offers no supported switch to skip it.
 TORCH_PRELOAD = ("torch._dynamo",)
+# What every worker's first store and checkpoint calls import (SQLAlchemy loads dialects lazily).
+WORKER_PRELOAD = ("sqlalchemy.dialects.sqlite", "fsspec.implementations.chained")
 
 
 def trainable_reference(cls: type) -> str | None:
@@ -271,11 +273,17 @@ def release(zygote: Zygote) -> None:
             zygote.close()  # replaced meanwhile (it died, or its trainable's file changed)
 
 
-def prestart() -> None:
-    """Start a zygote before the trainable is known (``pbtune run``: while the CLI imports)."""
+def prestart(trainable: str | None = None) -> None:
+    """Start a zygote early (``pbtune run``: before the CLI's imports); with ``trainable`` (a guess
+    from the config file) it imports that meanwhile, else it waits to be told. It is forked from
+    this process once the worker code is imported here, so that is imported once for both."""
+    fork = fork_blocker() is None
+    if fork:
+        import pbtune.engine.local  # noqa: F401 - the CLI imports it next anyway
     with _zygotes_lock:
-        if (None, _place()) not in _zygotes:
-            _zygotes[(None, _place())] = Zygote(None)
+        key = _key(trainable) if trainable is not None else (None, _place())
+        if key not in _zygotes:
+            _zygotes[key] = Zygote(trainable, fork=fork)
 
 
 def close_zygote() -> None:
@@ -303,6 +311,9 @@ def serve(request_fd: int, events_fd: int, setup_json: str) -> None:
     try:
         from pbtune.engine.local import worker_main
         from pbtune.engine.worker import load_trainable
+
+        for name in WORKER_PRELOAD:
+            __import__(name)
     except BaseException:
         _send(events_fd, {"ready": True, "error": traceback.format_exc()})
         os._exit(1)
