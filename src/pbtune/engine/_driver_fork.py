@@ -29,14 +29,12 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterable
 
-__all__ = ["ForkedProcess", "fork_blocker", "fork_child"]
+__all__ = ["fork_blocker", "fork_child"]
 
 READER_THREAD = "pbtune-zygote-events"  # the name of the zygote handles' reader threads
 
@@ -139,41 +137,3 @@ def _in_child(child: Callable[[], None], fds: tuple[int, ...]) -> None:
         traceback.print_exc()
     finally:
         os._exit(code)
-
-
-class ForkedProcess:
-    """A forked child with the few ``subprocess.Popen`` methods the zygote handle uses."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self._lock = threading.Lock()
-
-    def poll(self) -> int | None:
-        with self._lock:
-            if self.returncode is None:
-                try:
-                    pid, status = os.waitpid(self.pid, os.WNOHANG)
-                except ChildProcessError:  # reaped elsewhere: it is gone
-                    self.returncode = -signal.SIGKILL
-                    return self.returncode
-                if pid != 0:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-            return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.001
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
-            time.sleep(delay)
-            delay = min(2 * delay, 0.05)
-        return code
-
-    def kill(self) -> None:
-        if self.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass

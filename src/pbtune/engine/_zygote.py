@@ -34,9 +34,11 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from pbtune.engine._driver_fork import READER_THREAD, ForkedProcess, fork_blocker, fork_child
+from pbtune.engine._driver_fork import READER_THREAD, fork_blocker, fork_child
+from pbtune.engine._handles import ForkedProcess, WorkerProcess, worker_exited
 
-__all__ = ["WorkerProcess", "Zygote", "close_zygote", "prestart", "release", "trainable_reference", "zygote_for"]
+__all__ = ["WorkerProcess", "Zygote", "close_zygote", "prestart", "release", "trainable_reference", "worker_exited",
+           "zygote_for"]
 
 log = logging.getLogger(__name__)
 
@@ -61,38 +63,6 @@ def trainable_reference(cls: type) -> str | None:
         path = getattr(module, "__file__", None)
         return f"{os.path.abspath(path)}:{name}" if path and path.endswith(".py") else None
     return f"{cls.__module__}:{name}"
-
-
-class WorkerProcess:
-    """A worker forked by the zygote, with the few ``multiprocessing.Process`` methods the driver uses."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.exitcode: int | None = None
-        self._exited = threading.Event()
-
-    def is_alive(self) -> bool:
-        return not self._exited.is_set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._exited.wait(timeout)
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, signum: int) -> None:
-        if self.is_alive():
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def _set_exit(self, code: int) -> None:
-        self.exitcode = code
-        self._exited.set()
 
 
 class Zygote:
