@@ -208,7 +208,7 @@ def test_workers_forked_after_the_driver_ran_torch_threads_can_use_threads(tmp_p
     assert _where_workers_ran(tmp_path, timeout=120, THREADS="1") == {str(tmp_path / "where.py")}
 
 
-def test_the_driver_is_not_forked_with_threads_a_wal_database_or_when_told_not_to(tmp_path: Path) -> None:
+def test_the_driver_is_not_forked_with_threads_a_wal_database_cuda_or_when_told_not_to(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import os, sqlite3, threading
@@ -225,6 +225,11 @@ def test_the_driver_is_not_forked_with_threads_a_wal_database_or_when_told_not_t
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE t (x)")
         print(fork_blocker())
+        db.close()
+        import ctypes, shutil, _ctypes  # any shared library, loaded under the CUDA driver's name
+        fake = shutil.copy(_ctypes.__file__, {str(tmp_path / "libcuda.so.1")!r})
+        ctypes.CDLL(fake)
+        print(fork_blocker())
         os.environ["PBTUNE_ZYGOTE"] = "fresh"
         print(fork_blocker())
         """
@@ -236,7 +241,8 @@ def test_the_driver_is_not_forked_with_threads_a_wal_database_or_when_told_not_t
         assert lines[0] == "None"
         assert lines[1] == "threads are running: user-thread"
         assert lines[2].startswith("an SQLite database is open in WAL mode") and "x.db" in lines[2]
-    assert lines[3] == "PBTUNE_ZYGOTE=fresh" or not sys.platform.startswith("linux")
+        assert lines[3] == "the CUDA driver is loaded"  # torch.cuda.is_available() loads it: forks lose CUDA
+    assert lines[4] == "PBTUNE_ZYGOTE=fresh" or not sys.platform.startswith("linux")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the driver is forked on Linux only")

@@ -11,7 +11,9 @@ else the zygote is a fresh interpreter as before:
 * Linux only (macOS system libraries are not fork-safe), and not with ``PBTUNE_ZYGOTE=fresh``;
 * no Python threads but pbtune's own zygote readers (another thread may hold a lock the child
   would wait on forever);
-* CUDA not initialised, and no TensorFlow or JAX runtime loaded (neither survives a fork);
+* CUDA not initialised (by torch, or the driver library loaded at all: ``torch.cuda.is_available()``
+  already initialises it unless ``PYTORCH_NVML_BASED_CUDA_CHECK=1``), and no TensorFlow or JAX
+  runtime loaded (none of these survives a fork);
 * no SQLite database open in WAL mode (the child would inherit SQLite's per-file lock state and
   its shared-memory index of that file).
 
@@ -55,6 +57,8 @@ def fork_blocker() -> str | None:
     cuda = getattr(torch, "cuda", None)
     if cuda is not None and getattr(cuda, "is_initialized", lambda: False)():
         return "CUDA is initialised"
+    if _mapped("/libcuda.so"):  # e.g. after torch.cuda.is_available(): cuInit ran, a fork's CUDA fails
+        return "the CUDA driver is loaded"
     for runtime in ("tensorflow", "jax"):
         if runtime in sys.modules:
             return f"{runtime} is loaded"
@@ -62,6 +66,15 @@ def fork_blocker() -> str | None:
     if wal is not None:
         return f"an SQLite database is open in WAL mode ({wal})"
     return None
+
+
+def _mapped(name: str) -> bool:
+    """Whether a file whose path contains ``name`` is mapped into this process (a loaded library)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any(name in line for line in maps)
+    except OSError:
+        return True  # cannot tell: assume the worst
 
 
 def _open_wal_file() -> str | None:
