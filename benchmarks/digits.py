@@ -90,6 +90,7 @@ def child_vectorized() -> dict[str, Any]:
             steps=config.budget, ready={"interval": config.ready.interval}, exploit=config.exploit,
             explore=config.explore, mode=config.mode, name="bench-digits", seed=0,
             storage=f"sqlite:///{workdir}/pbt.db", checkpoints=os.path.join(workdir, "ck"),
+            device=digits_mlp.pick_device("auto"),  # where the example's own ways train (CUDA when present)
         )
     return {"best": result.best.score}
 

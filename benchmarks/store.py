@@ -1,21 +1,24 @@
 """Population store under load: ready-point latency and throughput, SQLite vs PostgreSQL.
 
-One operation is the store side of a member's ready point, exactly the transactions the
-Member makes (checkpoint files are not written; their references are):
+One operation is the store side of a member's ready point, exactly as the engine's worker makes
+it: ``Member.report(step, score, checkpoint, decide=True)`` (one transaction: the report, the
+checkpoint bookkeeping, the ranking in SQL and, for a member that continues, the ready check),
+then ``should_exploit`` and, for a member in the bottom tail, ``exploit`` + ``explore`` (pin the
+donor's checkpoint, write the exploit, unpin; write the explore). Checkpoint files are not
+written (a null checkpoint store hands out references).
 
-    report(step, score, checkpoint) -> collect_checkpoints -> get_member -> list_members
-    -> Truncation.decide -> mark_ready_checked            (continue)
-                         -> pin, apply_exploit, unpin, collect, set_hparams (exploit + explore)
-
-W worker processes (spawned, started together) run operations on their share of a
-population of P members for a fixed time. Reported: p50/p99 latency of one operation, p50 of
-its report part and of its decide part, and the throughput of all workers together.
+W worker processes (spawned, started together) run operations on their share of a population
+of P members for a fixed time. Reported: p50/p99 latency of one operation, p50 of the report
+(+ decision) part and of the exploit part, the throughput of all workers together, and
+the raw-driver floor: the same work in plain DB-API (one indexed UPDATE, a score INSERT, a rank
+COUNT and, in the bottom tail, a top-k SELECT; one transaction), measured in the same run by one
+process.
 
     python benchmarks/store.py                                  # the full grid, ~3-4 minutes
     python benchmarks/store.py --populations 16 --workers 1,4 --seconds 1 --backends sqlite
 
 PostgreSQL runs in a temporary database on --pg-admin (skipped with a note when unreachable).
-``--sqlite-busy-ms`` adds SQLite variants with another busy_timeout (the store's is 100 ms and
+``--sqlite-busy-ms`` adds SQLite variants with another busy_timeout (the store's is 20 ms and
 it retries itself); ``0`` adds none. Last line: one JSON object with every figure.
 """
 
@@ -35,9 +38,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pbtune.config import RunConfig
+from pbtune.member import Member
 from pbtune.store import SQLStore
 from pbtune.store.base import CheckpointRef
-from pbtune.strategies import Exploit, Truncation
 
 RUN = "bench"
 KEEP = 2
@@ -67,48 +71,49 @@ def _open(url: str, busy_ms: int | None) -> SQLStore:
     return store
 
 
-def _ref(member: int, step: int, worker: int) -> CheckpointRef:
-    return CheckpointRef(key=f"{RUN}/m{member}/s{step}-w{worker}-{random.getrandbits(40):x}", step=step,
-                         sha256="0" * 64, size=1)
+class _NullCheckpoints:
+    """Checkpoint references without files: the benchmark measures the population store."""
+
+    def put(self, local_path: str, *, run: str, member_id: int, step: int) -> CheckpointRef:
+        return CheckpointRef(key=f"{run}/m{member_id}/s{step}-{random.getrandbits(40):x}", step=step,
+                             sha256="0" * 64, size=1)
+
+    def copy(self, key: str, sha256: str, *, run: str, member_id: int, step: int) -> CheckpointRef:
+        return self.put(key, run=run, member_id=member_id, step=step)
+
+    def fetch(self, key: str, sha256: str) -> str:
+        return key
+
+    def delete(self, key: str) -> None:
+        pass
 
 
-def ready_point(store: SQLStore, member: int, step: int, worker: int, rng: random.Random,
-                strategy: Truncation) -> tuple[float, float, bool]:
-    """One ready point; returns (report seconds, decide seconds, exploited)."""
+def _config(population: int) -> RunConfig:
+    space = {"lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}}
+    return RunConfig(name=RUN, space=space, population=population, ready={"interval": 1}, keep_checkpoints=KEEP)
+
+
+def ready_point(member: Member, step: int, rng: random.Random) -> tuple[float, float, bool]:
+    """One ready point; returns (report + decision seconds, exploit seconds, exploited)."""
     t0 = time.perf_counter()
-    store.report(RUN, member, step, rng.random(), checkpoint=_ref(member, step, worker))
-    store.collect_checkpoints(RUN, member, KEEP)
+    member.report(step, rng.random(), checkpoint="unused", decide=True)
+    exploit = member.should_exploit()
     t1 = time.perf_counter()
-    me = store.get_member(RUN, member)
-    population = store.list_members(RUN)
-    decision = strategy.decide(population, member, rng, mode="max")
     exploited = False
-    if isinstance(decision, Exploit):
-        holder = f"w{worker}-{member}-{step}"
-        if store.pin_checkpoint(RUN, decision.donor_checkpoint, holder, 60):
-            donor = next(m for m in population if m.member_id == decision.donor_id)
-            done = store.apply_exploit(RUN, member, expected_version=me.version, donor_id=donor.member_id,
-                                       donor_step=decision.donor_step, hparams=donor.hparams,
-                                       checkpoint=_ref(member, step, worker), summary="bench")
-            store.unpin_checkpoint(RUN, decision.donor_checkpoint, holder)
-            store.collect_checkpoints(RUN, member, KEEP)
-            if done is not None:
-                new = {"lr": float(done.hparams["lr"]) * rng.choice((0.8, 1.2))}
-                store.set_hparams(RUN, member, new, expected_version=done.version, summary="bench explore")
-                exploited = True
-    else:
-        store.mark_ready_checked(RUN, member, step, me.version)
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, exploited
+    if exploit and member.exploit() is not None:
+        member.explore()
+        exploited = True
+    return t1 - t0, time.perf_counter() - t1, exploited
 
 
 def worker_main(job: Job, results: Any) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     store = _open(job.url, job.busy_ms)
     rng = random.Random(job.index)
-    strategy = Truncation()
-    mine = [m for m in range(job.population) if m % job.workers == job.index]
-    steps = {m: store.get_member(RUN, m).step for m in mine}
+    config = _config(job.population)
+    checkpoints: Any = _NullCheckpoints()
+    mine = [Member(store, checkpoints, config, m, worker=None)
+            for m in range(job.population) if m % job.workers == job.index]
     time.sleep(max(0.0, job.start_at - time.time()))
     latencies: list[float] = []
     reports: list[float] = []
@@ -119,12 +124,12 @@ def worker_main(job: Job, results: Any) -> None:
     while time.monotonic() < end:
         member = mine[i % len(mine)]
         i += 1
-        steps[member] += 1
         t0 = time.perf_counter()
-        report_s, decide_s, exploited = ready_point(store, member, steps[member], job.index, rng, strategy)
+        report_s, exploit_s, exploited = ready_point(member, member.step + 1, rng)
         latencies.append(time.perf_counter() - t0)
         reports.append(report_s)
-        decides.append(decide_s)
+        if exploited:
+            decides.append(exploit_s)
         exploits += exploited
     store.close()
     results.put({"latencies": latencies, "reports": reports, "decides": decides, "exploits": exploits})
@@ -154,18 +159,75 @@ def measure(url: str, population: int, workers: int, seconds: float, busy_ms: in
         "p50_ms": round(1000 * _pct(latencies, 0.50), 2),
         "p99_ms": round(1000 * _pct(latencies, 0.99), 2),
         "report_p50_ms": round(1000 * statistics.median([x for p in parts for x in p["reports"]]), 2),
-        "decide_p50_ms": round(1000 * statistics.median([x for p in parts for x in p["decides"]]), 2),
+        "exploit_p50_ms": round(1000 * _pct([x for p in parts for x in p["decides"]], 0.5), 2),
         "exploit_share": round(sum(p["exploits"] for p in parts) / max(1, ops), 3),
     }
 
 
 def _prepare(url: str, population: int) -> None:
     store = SQLStore(url)
-    store.create_run(RUN, {"bench": True})
+    config = _config(population)
+    store.create_run(RUN, config.to_dict())
     rng = random.Random(0)
-    for member in range(population):
-        store.add_member(RUN, member, {"lr": rng.uniform(0.001, 0.1)})
+    store.add_members(RUN, [{"lr": rng.uniform(0.001, 0.1)} for _ in range(population)])
+    for member in range(population):  # every member scored, with a checkpoint: donors exist from the start
+        store.report(RUN, member, 1, rng.random(),
+                     checkpoint=CheckpointRef(f"{RUN}/m{member}/s1", 1, "0" * 64, 1))
     store.close()
+
+
+_FLOOR = [  # the work of a ready point in plain SQL: report, rank COUNT, top-k SELECT
+    "UPDATE pbtune_members SET step = {p}, score = {p}, score_step = {p}, version = version + 1"
+    " WHERE run = {p} AND member_id = {p}",
+    "INSERT INTO pbtune_scores (run, member_id, step, score, time) VALUES ({p}, {p}, {p}, {p}, {p})",
+    "SELECT COUNT(*), SUM(CASE WHEN score > {p} OR (score = {p} AND member_id < {p}) THEN 1 ELSE 0 END)"
+    " FROM pbtune_members WHERE run = {p} AND score_step IS NOT NULL",
+    "SELECT * FROM pbtune_members WHERE run = {p} AND score_step IS NOT NULL"
+    " ORDER BY score DESC, member_id LIMIT {p}",
+]
+
+
+def floor(url: str, population: int, seconds: float) -> dict[str, Any]:
+    """The raw-driver floor of one ready point (one process, one transaction per operation)."""
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        import sqlite3
+
+        conn: Any = sqlite3.connect(str(parsed.database), isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        begin, placeholder = "BEGIN IMMEDIATE", "?"
+    else:
+        import psycopg
+
+        conn = psycopg.connect(host=parsed.host, port=parsed.port or 5432, user=parsed.username,
+                               password=parsed.password, dbname=parsed.database, autocommit=True)
+        begin, placeholder = "BEGIN", "%s"
+    update, insert, rank, top = (sql.format(p=placeholder) for sql in _FLOOR)
+    rng = random.Random(1)
+    steps = dict.fromkeys(range(population), 1)
+    latencies: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        member = rng.randrange(population)
+        steps[member] += 1
+        score = rng.random()
+        t0 = time.perf_counter()
+        cur = conn.cursor()
+        cur.execute(begin)
+        cur.execute(update, (steps[member], score, steps[member], RUN, member))
+        cur.execute(insert, (RUN, member, steps[member], score, time.time()))
+        count, ahead = cur.execute(rank, (score, score, member, RUN)).fetchone()
+        tail = max(1, count // 5)
+        if ahead >= count - tail:  # the bottom tail reads the top tail (donors), as the store does
+            cur.execute(top, (RUN, tail)).fetchall()
+        cur.execute("COMMIT")
+        latencies.append(time.perf_counter() - t0)
+    conn.close()
+    return {"floor_p50_ms": round(1000 * _pct(latencies, 0.5), 3),
+            "floor_ops_s": round(len(latencies) / seconds, 1)}
 
 
 def _backends(spec: str, busy_variants: str) -> list[tuple[str, str, int | None]]:
@@ -217,6 +279,8 @@ def main() -> None:
                     _prepare(url, population)
                     for workers in counts:
                         rows.append({"backend": label, **measure(url, population, workers, args.seconds, busy)})
+                        if workers == 1 and busy is None:  # the floor beside the store's own figure
+                            rows[-1].update(floor(url, population, args.seconds))
                         _print_row(rows[-1])
     elapsed = time.monotonic() - started
     print()
@@ -235,11 +299,11 @@ def _print_row(row: dict[str, Any]) -> None:
     global _HEADER
     if not _HEADER:
         print(f"{'backend':<20} {'pop':>5} {'workers':>7} {'ops/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'report p50':>10} {'decide p50':>10} {'exploits':>8}")
+              f"{'report p50':>10} {'exploit p50':>11} {'exploits':>8} {'floor p50':>9} {'floor ops/s':>11}")
         _HEADER = True
     print(f"{row['backend']:<20} {row['population']:>5} {row['workers']:>7} {row['throughput_ops_s']:>8} "
-          f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['report_p50_ms']:>10} {row['decide_p50_ms']:>10} "
-          f"{row['exploit_share']:>8}", flush=True)
+          f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['report_p50_ms']:>10} {row['exploit_p50_ms']:>11} "
+          f"{row['exploit_share']:>8} {row.get('floor_p50_ms', ''):>9} {row.get('floor_ops_s', ''):>11}", flush=True)
 
 
 if __name__ == "__main__":

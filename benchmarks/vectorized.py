@@ -116,7 +116,7 @@ def run_process(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         explore=EXPLORE,
         mode="max",
         seed=0,
-        trainable_args={"batch_size": BATCH, "batches_per_step": args.batches},
+        trainable_args={"batch_size": BATCH, "batches_per_step": args.batches, "device": "cpu"},
         storage=storage,
         checkpoints=os.path.join(workdir, "ck"),
     )

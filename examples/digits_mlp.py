@@ -38,19 +38,30 @@ def make_mlp(hidden: int = 128) -> nn.Module:
     return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
 
+def pick_device(name: Any = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees a GPU (a worker sees its ``gpus_per_worker`` share), else CPU."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(str(name))
+
+
 class DigitsMLP(pbtune.Trainable):
-    """One PBT step = ``batches_per_step`` SGD minibatches of ``batch_size``; score = validation accuracy."""
+    """One PBT step = ``batches_per_step`` SGD minibatches of ``batch_size``; score = validation accuracy.
+
+    ``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
 
     def setup(self, hparams: Mapping[str, Any]) -> None:
         torch.set_num_threads(1)
+        self.device = pick_device(self.args.get("device", "auto"))
         self.batch_size = int(self.args.get("batch_size", 64))
         self.batches_per_step = int(self.args.get("batches_per_step", 10))
-        self.x, self.y, self.x_val, self.y_val = digits_split()
+        self.x, self.y, self.x_val, self.y_val = (t.to(self.device) for t in digits_split())
         # The runner gives each member its own seed (self.seed): own initial weights, own data order.
         seed = self.seed if self.seed is not None else int(self.args.get("seed", 0))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.model = make_mlp(int(self.args.get("hidden", 128)))
+            self.model = make_mlp(int(self.args.get("hidden", 128))).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
         self.set_hparams(hparams)
         self.generator = torch.Generator().manual_seed(seed)
@@ -66,7 +77,7 @@ class DigitsMLP(pbtune.Trainable):
     def step(self) -> Mapping[str, float]:
         self.model.train()
         for _ in range(self.batches_per_step):
-            index = torch.randint(len(self.x), (self.batch_size,), generator=self.generator)
+            index = torch.randint(len(self.x), (self.batch_size,), generator=self.generator).to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(self.x[index]), self.y[index])
             loss.backward()
@@ -87,12 +98,13 @@ class DigitsMLP(pbtune.Trainable):
             handle.write(buffer.getvalue())
 
     def load(self, path: str) -> None:
-        state = torch.load(path, weights_only=True)  # never unpickle arbitrary objects
+        # never unpickle arbitrary objects; a checkpoint saved on a GPU loads on our device
+        state = torch.load(path, weights_only=True, map_location=self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])  # this brings back the saver's lr...
         self.set_hparams(self.hparams)  # ...so re-apply ours (after an exploit: the explored ones)
         if state.get("member") == self.member_id:  # our own checkpoint (a resume): the same data order goes on
-            self.generator.set_state(state["rng"])
+            self.generator.set_state(state["rng"].cpu())  # the generator is a CPU one
         elif self.seed is not None:  # a donor's (an exploit): our own new seed, so we draw other batches
             self.generator.manual_seed(self.seed)
 

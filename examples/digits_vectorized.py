@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> pv.VectorizedResult:
     parser.add_argument("--name", default="digits-vec")
     parser.add_argument("--storage", default="sqlite:///pbtune-runs/pbtune.db")
     parser.add_argument("--checkpoints", default="pbtune-runs/checkpoints")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the best member's state_dict here")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> pv.VectorizedResult:
         name=args.name,
         storage=args.storage,
         checkpoints=args.checkpoints,
-        device=args.device,
+        device=("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device,
         seed=args.seed,
     )
     print(

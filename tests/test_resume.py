@@ -143,3 +143,14 @@ def test_a_corrupt_donor_checkpoint_is_skipped_not_fatal(tmp_path: Path) -> None
     me = low.refresh()
     assert me.state is MemberState.RUNNING and me.last_ready_step == 2 and me.hparams == low.hparams
     assert not [e for e in population.store.events("t", 0) if e.kind == "exploit"]
+
+
+def test_device_fields_and_older_stored_exploit_configs_resume(tmp_path: Path) -> None:
+    from pbtune.resume import config_differences
+
+    stored = _config(tmp_path).to_dict()
+    stored["exploit"] = {"name": "truncation", "quantile": 0.2, "copy_hparams": True, "max_copies": None}
+    del stored["gpus_per_worker"], stored["devices"]  # a run stored before these fields existed
+    assert config_differences(stored, _config(tmp_path, workers=2, gpus_per_worker=0.5, devices=[0])) == []
+    ceil = _config(tmp_path, exploit={"name": "truncation", "rounding": "ceil"})
+    assert [d[0] for d in config_differences(stored, ceil)] == ["exploit"]  # another selection rule: another run

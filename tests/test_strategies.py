@@ -55,6 +55,29 @@ def test_truncation_bottom_copies_from_top_quantile() -> None:
     assert isinstance(strategy.decide(pop, 9, random.Random(0), mode="max"), Continue)
 
 
+def test_truncation_rounding_ceil_is_the_published_ceil_n_over_5() -> None:
+    # 6 members: floor(1.2) = 1 member per tail; the earlier MNIST-PBT project's ceil(6/5) = 2
+    pop = population([float(i) for i in range(6)])
+    floor, ceil = Truncation(), Truncation(rounding="ceil")
+    assert isinstance(floor.decide(pop, 1, random.Random(0), mode="max"), Continue)
+    donors = {ceil.decide(pop, 1, random.Random(seed), mode="max").donor_id for seed in range(50)}  # type: ignore[union-attr]
+    assert donors == {4, 5}
+    assert isinstance(ceil.decide(pop, 2, random.Random(0), mode="max"), Continue)
+    assert [ceil.tail(n) for n in (2, 5, 6, 10, 11)] == [1, 1, 2, 2, 3]
+    assert [floor.tail(n) for n in (2, 5, 6, 10, 11)] == [1, 1, 1, 2, 2]
+    assert Truncation(quantile=0.3, rounding="ceil").tail(10) == 3  # 10 * 0.3 is 3.0000000000000004
+
+
+def test_truncation_rounding_is_validated_and_stored_only_when_not_floor() -> None:
+    from pbtune.strategies import strategy_config
+
+    with pytest.raises(InvalidConfigError, match=r"`rounding` of `exploit` must be one of \['floor', 'ceil'\]"):
+        exploit_from_config({"name": "truncation", "rounding": "up"})
+    assert "rounding" not in strategy_config(Truncation())  # configs stored before the field still compare equal
+    stored = strategy_config(Truncation(rounding="ceil"))
+    assert stored["rounding"] == "ceil" and exploit_from_config(stored) == Truncation(rounding="ceil")
+
+
 def test_truncation_min_mode_reverses_the_ranking() -> None:
     pop = population([float(i) for i in range(10)])
     decision = Truncation().decide(pop, 9, random.Random(0), mode="min")

@@ -110,27 +110,37 @@ class DigitsGAN(pbtune.Trainable):
     """One step = ``iters_per_step`` (discriminator update, generator update) pairs.
 
     Score: classifier Inception Score of ``eval_samples`` generated digits; FID is reported too.
+    The GAN trains on CUDA when torch sees a GPU (``device: auto``, or ``cpu``/``cuda``); the
+    judge (a small classifier) scores on CPU. Noise is drawn on CPU, so runs match across devices
+    up to floating point.
     """
 
     def setup(self, hparams: Mapping[str, Any]) -> None:
         torch.set_num_threads(1)
         a = self.args
-        self.x = digits()[0]
+        device = a.get("device", "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.x = digits()[0].to(self.device)
         self.z_dim = int(a.get("z_dim", 16))
         hidden = int(a.get("hidden", 128))
         self.batch_size = int(a.get("batch_size", 64))
         self.iters_per_step = int(a.get("iters_per_step", 50))
         self.eval_samples = int(a.get("eval_samples", 1000))
-        seed = member_seed(int(a.get("seed", 0)), hparams)
+        # The runner's per-member seed (self.seed; new after an exploit, so a copy draws other
+        # data than its donor); standalone, one from the run seed and the hparams.
+        seed = self.seed % 2**31 if self.seed is not None else member_seed(int(a.get("seed", 0)), hparams)
         torch.manual_seed(seed)
         self.generator_net = nn.Sequential(nn.Linear(self.z_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
                                            nn.LeakyReLU(0.2), nn.Linear(hidden, 64), nn.Sigmoid())
         self.discriminator = nn.Sequential(nn.Linear(64, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
                                            nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        self.generator_net.to(self.device)
+        self.discriminator.to(self.device)
         self.g_opt = torch.optim.Adam(self.generator_net.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.rng = torch.Generator().manual_seed(seed)
-        self.eval_noise = torch.randn(self.eval_samples, self.z_dim, generator=torch.Generator().manual_seed(99))
+        self.eval_noise = torch.randn(self.eval_samples, self.z_dim,
+                                      generator=torch.Generator().manual_seed(99)).to(self.device)
         self.set_hparams(hparams)
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -143,11 +153,12 @@ class DigitsGAN(pbtune.Trainable):
 
     def step(self) -> Mapping[str, float]:
         bce = nn.functional.binary_cross_entropy_with_logits
-        ones = torch.ones(self.batch_size, 1)
-        zeros = torch.zeros(self.batch_size, 1)
+        ones = torch.ones(self.batch_size, 1, device=self.device)
+        zeros = torch.zeros(self.batch_size, 1, device=self.device)
         for _ in range(self.iters_per_step):
-            real = self.x[torch.randint(len(self.x), (self.batch_size,), generator=self.rng)]
-            fake = self.generator_net(torch.randn(self.batch_size, self.z_dim, generator=self.rng))
+            real = self.x[torch.randint(len(self.x), (self.batch_size,), generator=self.rng).to(self.device)]
+            noise = torch.randn(self.batch_size, self.z_dim, generator=self.rng).to(self.device)
+            fake = self.generator_net(noise)
             d_loss = bce(self.discriminator(real), ones) + bce(self.discriminator(fake.detach()), zeros)
             self.d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -160,8 +171,9 @@ class DigitsGAN(pbtune.Trainable):
 
     @torch.no_grad()
     def samples(self, n: int | None = None) -> torch.Tensor:
+        """Generated digits (on CPU) from the fixed evaluation noise."""
         noise = self.eval_noise if n is None else self.eval_noise[:n]
-        return self.generator_net(noise)
+        return self.generator_net(noise).cpu()
 
     def evaluate(self) -> dict[str, float]:
         images = self.samples()
@@ -175,7 +187,7 @@ class DigitsGAN(pbtune.Trainable):
             handle.write(buffer.getvalue())
 
     def load(self, path: str) -> None:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=self.device)  # saved on a GPU: loads anywhere
         self.generator_net.load_state_dict(state["g"])
         self.discriminator.load_state_dict(state["d"])
         self.g_opt.load_state_dict(state["g_opt"])

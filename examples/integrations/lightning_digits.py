@@ -78,7 +78,7 @@ class DigitsTrainable(LightningTrainable):
         return {"train_dataloaders": train, "val_dataloaders": val}
 
     def trainer_kwargs(self) -> dict[str, Any]:
-        return {"accelerator": "cpu"}
+        return {"accelerator": "auto", "devices": 1}  # a GPU when the worker sees one; one process, no DDP
 
 
 def make_config(root: str, population: int, epochs: int, **overrides: Any) -> pbtune.RunConfig:
@@ -96,7 +96,7 @@ def train_member(config_dict: Mapping[str, Any], member_id: int, epochs: int) ->
     """One member's own fit (another machine would use PBTClient(server, ...) as the member)."""
     torch.set_num_threads(1)
     member = pbtune.Population(pbtune.RunConfig.from_dict(config_dict)).member(member_id)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[PBTCallback(member, monitor="val_loss", attributes=DROPOUT)])
     train, val = loaders()

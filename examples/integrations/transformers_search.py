@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> Any:
     training = TrainingArguments(
         output_dir=args.dir or tempfile.mkdtemp(prefix="pbtune-hf-"), max_steps=args.steps,
         per_device_train_batch_size=32, eval_strategy="steps", eval_steps=args.eval_steps, save_strategy="no",
-        logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
+        logging_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=0,
     )
     trainer = Trainer(model_init=model_init, args=training, train_dataset=Tokens(1024, 0),
                       eval_dataset=Tokens(256, 1), compute_metrics=accuracy)

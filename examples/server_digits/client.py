@@ -51,12 +51,13 @@ def main() -> None:
     # joins a free member; after a crash, the identity file brings it back as the same member
     client = PBTClient(args.url, None, key, args.space,
                        identity_file=os.path.join(args.workdir, f"{args.name}.member.json"))
-    x, y, x_val, y_val = digits_split()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when this client sees one
+    x, y, x_val, y_val = (t.to(device) for t in digits_split())
     torch.manual_seed(client.member_id)
-    model = make_mlp()
+    model = make_mlp().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     if client.parameters_path() is not None:  # a restarted client continues from its last save
-        model.load_state_dict(torch.load(client.parameters_path()))
+        model.load_state_dict(torch.load(client.parameters_path(), map_location=device, weights_only=True))
     set_hparams(optimizer, client.hparams)
     loss_fn = nn.CrossEntropyLoss()
     checkpoint = os.path.join(args.workdir, f"{args.name}.pt")
@@ -64,7 +65,7 @@ def main() -> None:
     for _epoch in range(client.step + 1, args.epochs + 1):
         model.train()
         for _ in range(args.batches):
-            index = torch.randint(len(x), (64,), generator=generator)
+            index = torch.randint(len(x), (64,), generator=generator).to(device)
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(x[index]), y[index]).backward()
             optimizer.step()
@@ -76,7 +77,7 @@ def main() -> None:
         if client.should_exploit():
             donor = client.exploit()
             if donor is not None:
-                model.load_state_dict(torch.load(client.parameters_path()))
+                model.load_state_dict(torch.load(client.parameters_path(), map_location=device, weights_only=True))
                 client.explore()
                 set_hparams(optimizer, client.hparams)
     client.finish()

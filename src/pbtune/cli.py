@@ -115,8 +115,26 @@ def run(
     tensorboard: str | None = typer.Option(
         None, "--tensorboard", help="Write TensorBoard event files to this folder while the run trains."
     ),
+    mode: str = typer.Option("train", "--mode", "-m", help="train: train (or resume) it; test: evaluate the saved "
+                             "best member (or one-model file) on the test split (the trainable's evaluate())."),
+    member: str = typer.Option("best", "--member", help="With --mode test: 'best', 'all' or a member id."),
 ) -> None:
-    """Run (or resume) the population described by CONFIG on local worker processes or Ray actors."""
+    """Run (or resume) the population described by CONFIG on local worker processes or Ray actors.
+
+    A file with `hparams` instead of `space` (or a legacy fc.json/conv.json) trains one model here.
+    """
+    from pbtune._run_modes import handle_run_mode
+
+    try:  # --mode test, and files that train one model
+        overrides = {"workers": workers, "storage": storage, "checkpoints": checkpoints, "name": name}
+        if handle_run_mode(config, mode, member, overrides, console, quiet=quiet):
+            return
+    except PBTuneError as exc:
+        _fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        console.print("[bold yellow]stopped[/]")
+        raise typer.Exit(code=130) from None
     try:
         cfg = load_config(config, workers=workers, storage=storage, checkpoints=checkpoints, name=name)
         progress = "quiet" if quiet else True

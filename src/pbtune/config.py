@@ -4,7 +4,7 @@ Example:
     >>> cfg = RunConfig(name="demo", space={"lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True}},
     ...                 population=4, budget=20, ready={"interval": 5})
     >>> cfg.exploit
-    Truncation(quantile=0.2, copy_hparams=True, max_copies=None)
+    Truncation(quantile=0.2, copy_hparams=True, max_copies=None, rounding='floor')
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pbtune._storage_url import check_storage_url
+from pbtune.engine.devices import check_devices, check_gpus_per_worker, worker_shares
 from pbtune.errors import InvalidConfigError
 from pbtune.initial import INITS
 from pbtune.ranking import Ranking, check_mode, ranking_from_config
@@ -33,7 +34,8 @@ from pbtune.strategies import (
 )
 from pbtune.validation import check_bool, check_int, check_number, is_number
 
-__all__ = ["RunConfig", "load_config", "DEFAULT_DIR", "UNBOUNDED_BUDGET", "is_unbounded", "budget_text"]
+__all__ = ["RunConfig", "load_config", "read_config_file", "DEFAULT_DIR", "UNBOUNDED_BUDGET", "is_unbounded",
+           "budget_text"]
 
 DEFAULT_DIR = "pbtune-runs"
 # the budget of a server run whose clients decide when to stop (stored as an int: the store and
@@ -111,6 +113,11 @@ class RunConfig:
         trainable: ``"module:Class"`` or ``"path/to/file.py:Class"`` (for ``pbtune run``).
         trainable_args: keyword arguments for the trainable's constructor.
         resources_per_worker: what each Ray actor reserves (``--launcher ray``), e.g. ``{"cpu": 1, "gpu": 0.5}``.
+        gpus_per_worker: GPUs each local worker process sees through ``CUDA_VISIBLE_DEVICES``: a
+            fraction in (0, 1) packs ``floor(1/g)`` workers on a device, a whole number gives each
+            worker its own devices, 0 hides the GPUs (:mod:`pbtune.engine.devices`). None: inherit.
+        devices: device ids (or UUIDs) to place the workers on; default: the driver's
+            ``CUDA_VISIBLE_DEVICES``, else what ``nvidia-smi -L`` lists.
     """
 
     name: str
@@ -137,6 +144,8 @@ class RunConfig:
     trainable: str | None = None
     trainable_args: dict[str, Any] = field(default_factory=dict)
     resources_per_worker: dict[str, float] | None = None
+    gpus_per_worker: float | None = None
+    devices: list[int | str] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -174,6 +183,10 @@ class RunConfig:
         ):
             raise InvalidConfigError("resources_per_worker", "config", 'a mapping like {"cpu": 1, "gpu": 0.5}',
                                      self.resources_per_worker)
+        self.gpus_per_worker = check_gpus_per_worker(self.gpus_per_worker)
+        self.devices = check_devices(self.devices)
+        if self.devices is not None:  # listed devices: check now that the workers fit on them
+            worker_shares(self.workers, self.gpus_per_worker, self.devices)
 
     @property
     def effective_checkpoint_interval(self) -> int:
@@ -222,6 +235,8 @@ class RunConfig:
             "trainable": self.trainable,
             "trainable_args": dict(self.trainable_args),
             "resources_per_worker": dict(self.resources_per_worker) if self.resources_per_worker else None,
+            "gpus_per_worker": self.gpus_per_worker,
+            "devices": list(self.devices) if self.devices is not None else None,
         }
 
 
@@ -232,8 +247,8 @@ def _resolve_file_target(target: str, base_dir: str) -> str:
     return target
 
 
-def load_config(path: str, **overrides: Any) -> RunConfig:
-    """Read a JSON or YAML run config; relative ``.py`` trainable paths resolve against its folder."""
+def read_config_file(path: str) -> Any:
+    """The parsed JSON or YAML of a config file (errors name the file and what is wrong)."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -243,22 +258,29 @@ def load_config(path: str, **overrides: Any) -> RunConfig:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            return yaml.safe_load(text)
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
             problem = getattr(exc, "problem", None) or type(exc).__name__
             raise InvalidConfigError("yaml", path, f"valid YAML ({problem}{at})", text[:80]) from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidConfigError("json", path, f"valid JSON ({exc})", text[:80]) from None
-    from pbtune.legacy import convert_legacy_config, is_legacy_config
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidConfigError("json", path, f"valid JSON ({exc})", text[:80]) from None
+
+
+def load_config(path: str, **overrides: Any) -> RunConfig:
+    """Read a JSON or YAML run config; relative ``.py`` trainable paths resolve against its folder."""
+    data = read_config_file(path)
+    from pbtune.legacy import convert_legacy_config, is_legacy_config, is_legacy_vanilla_config
 
     if is_legacy_config(data):  # the JSON style of the earlier MNIST-PBT project
         stem = os.path.splitext(os.path.basename(path))[0]
         data = convert_legacy_config(data, trainable=data.get("trainable"), name=data.get("name", stem))
+    elif is_legacy_vanilla_config(data) or (isinstance(data, Mapping) and "hparams" in data and "space" not in data):
+        raise InvalidConfigError("space", path, "set for a population run; this file trains one model (fixed "
+                                 "hparams, no PBT_ keys): run it with `pbtune run FILE` or pbtune.single", None)
     if isinstance(data, dict):
         data.update({k: v for k, v in overrides.items() if v is not None})
     return RunConfig.from_dict(data, base_dir=os.path.dirname(os.path.abspath(path)))

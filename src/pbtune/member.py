@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from pbtune import ready_point
 from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import CheckpointError, InvalidConfigError, PBTuneError
@@ -31,11 +32,9 @@ from pbtune.initial import first_hparams
 from pbtune.resume import check_resumable
 from pbtune.round import (
     ExploitPlan,
-    ReadyCheck,
+    Plan,
     decision_rng,
     explore_hparams,
-    generation_waiting,
-    plan_member,
     plan_replacement,
 )
 from pbtune.store.base import PopulationStore, ScorePoint
@@ -107,6 +106,7 @@ class Member:
         fresh = record is not None and record.run == config.name and record.member_id == member_id
         self._record = record if fresh and record is not None else store.get_member(config.name, member_id)
         self._pending: ExploitPlan | None = None
+        self._planned: tuple[Plan, int] | None = None  # decided by the last report, at that record version
         self._explored: ExploitPlan | None = None  # the plan whose exploit was applied; explore() writes the rest
         self._loaded_path: str | None = None
         self.waiting = False  # generational mode: the last should_exploit() waits for the generation
@@ -146,27 +146,31 @@ class Member:
         checkpoint: str | None = None,
         metrics: Mapping[str, Any] | None = None,
         earlier: Sequence[ScorePoint] = (),
+        decide: bool = False,
     ) -> None:
         """Record the score at ``step`` and, if given, store the checkpoint file or folder.
 
         ``earlier`` carries scores of previous steps that were buffered to save transactions.
+        ``decide=True`` (for a caller that calls :meth:`should_exploit` right away) also makes
+        the ready point's decision in the report's transaction; ``should_exploit`` returns it.
         """
         ref = None
         if checkpoint is not None:
             ref = self._checkpoints.put(checkpoint, run=self.run, member_id=self.member_id, step=step)
-        try:
-            self._record = self._store.report(
-                self.run, self.member_id, step, float(metric), metrics=metrics, checkpoint=ref, worker=self._worker,
-                earlier=earlier,
+        try:  # one transaction: the report and, at a ready point, the decision (pbtune.ready_point)
+            reported = ready_point.report(
+                self._store, self._config, self.member_id, step, float(metric), metrics=metrics, checkpoint=ref,
+                worker=self._worker, earlier=earlier, decide=decide,
             )
         except BaseException:
             if ref is not None:
                 self._checkpoints.delete(ref.key)
             raise
+        self._record = reported.record
+        self._planned = (reported.plan, reported.record.version) if reported.plan is not None else None
         self._loaded_path = None
-        if ref is not None:
-            for key in self._store.collect_checkpoints(self.run, self.member_id, self._config.keep_checkpoints):
-                self._checkpoints.delete(key)
+        for key in reported.stale:
+            self._checkpoints.delete(key)
 
     def is_ready(self) -> bool:
         return self._config.ready.is_ready(self._record)
@@ -181,21 +185,16 @@ class Member:
         """
         self._pending = None
         self.waiting = False
-        if not self._config.ready.is_ready(self._record):  # our own record is current: we wrote it
-            return False
-        snapshot = self._store.list_members(self.run)
-        self._record = next(m for m in snapshot if m.member_id == self.member_id)
-        if generation_waiting(self._config, snapshot, self.member_id):
-            self.waiting = True
-            return False
-        plan = plan_member(self._config, snapshot, self.member_id)
+        planned, self._planned = self._planned, None
+        plan: Plan | None
+        if planned is not None and planned[1] == self._record.version:  # decided when reported
+            plan = planned[0]
+        else:
+            decided = ready_point.decide(self._store, self._config, self._record)
+            self._record, self.waiting, plan = decided.record, decided.waiting, decided.plan
         if isinstance(plan, ExploitPlan):
             self._pending = plan
             return True
-        if isinstance(plan, ReadyCheck):
-            check = plan.write()
-            self._store.mark_ready_checked(self.run, self.member_id, check.step, check.expected_version)
-            self.refresh()
         return False
 
     def exploit(self) -> Donor | None:
@@ -225,10 +224,19 @@ class Member:
             self._store.mark_ready_checked(self.run, self.member_id, plan.step, plan.expected_version)
             self.refresh()
             return None
-        try:  # the explore is written by explore(), after the user has loaded the copied weights
+
+        def writes() -> tuple[dict[int, MemberRecord] | None, list[str]]:  # one transaction
+            # The explore is written by explore(), after the user has loaded the copied weights.
             updated = self._store.apply_exploits(self.run, [plan.write(checkpoint=copy, explore=False)])
-        finally:
             self._store.unpin_checkpoint(self.run, key, holder)
+            keep = self._config.keep_checkpoints
+            return updated, [] if updated is None else self._store.collect_checkpoints(self.run, self.member_id, keep)
+
+        try:
+            updated, stale = self._store.batch(writes)
+        except BaseException:
+            self._store.unpin_checkpoint(self.run, key, holder)  # the failed transaction took its unpin along
+            raise
         if updated is None:
             self._checkpoints.delete(copy.key)
             self.refresh()
@@ -236,8 +244,8 @@ class Member:
         self._record = updated[self.member_id]
         self._explored = plan
         self._loaded_path = self._checkpoints.fetch(copy.key, copy.sha256)
-        for stale in self._store.collect_checkpoints(self.run, self.member_id, self._config.keep_checkpoints):
-            self._checkpoints.delete(stale)
+        for old in stale:
+            self._checkpoints.delete(old)
         return Donor(plan.donor_id, plan.donor_step, plan.donor_score, dict(plan.donor_hparams))
 
     def explore(self) -> dict[str, Any]:

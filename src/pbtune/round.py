@@ -28,7 +28,7 @@ import dataclasses
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from pbtune.config import RunConfig
 from pbtune.ranking import best_member
 from pbtune.store.base import CheckpointRef, ExploitWrite, ReadyCheckWrite
 from pbtune.strategies import Exploit, ExploreContext
+from pbtune.strategies._view import ListView, PopulationView
 from pbtune.types import MemberRecord, MemberState
 
 __all__ = [
@@ -43,11 +44,13 @@ __all__ = [
     "Plan",
     "ReadyCheck",
     "at_step",
+    "can_plan_from_view",
     "decision_rng",
     "generation_deciding",
     "generation_waiting",
     "explore_hparams",
     "plan_member",
+    "plan_ready",
     "plan_replacement",
     "plan_round",
     "ready_members",
@@ -176,33 +179,61 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
     copies: Counter[int] = Counter()
     plans: dict[int, Plan] = {}
     for member_id in ready:
-        me = by_id[member_id]
-        rng = decision_rng(config.seed, member_id, me.step, "exploit")
         # Diversity guard: a donor that already seeded `max_copies` members this round offers no
         # checkpoint to the rest (strategies never pick a donor without one), so they spread out.
         offered = population if cap is None else [
             dataclasses.replace(m, checkpoint=None) if copies[m.member_id] >= cap else m for m in population
         ]
-        decision = config.exploit.decide(offered, member_id, rng, mode=config.mode)
-        if not isinstance(decision, Exploit):
-            plans[member_id] = ReadyCheck(member_id, me.step, me.version, decision.reason)
-            continue
-        donor = by_id[decision.donor_id]
-        copies[donor.member_id] += 1
-        taken = dict(donor.hparams if decision.copy_hparams else me.hparams)
-        explored, explore_summary = explore_hparams(config, member_id, me.step, taken, snapshot)
-        summary = (
-            f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
-            f" over member {member_id} (score {_fmt(me.score)})" + ("" if decision.copy_hparams else " (weights only)")
-        )
-        plans[member_id] = ExploitPlan(
-            member_id=member_id, step=me.step, expected_version=me.version, donor_id=donor.member_id,
-            donor_step=decision.donor_step, donor_score=decision.donor_score,
-            donor_checkpoint=decision.donor_checkpoint, donor_checkpoint_sha256=donor.checkpoint_sha256,
-            donor_hparams=dict(donor.hparams), copy_hparams=decision.copy_hparams, old_hparams=dict(me.hparams),
-            taken=taken, explored=explored, exploit_summary=summary, explore_summary=explore_summary,
-        )
+        by_id[member_id]  # KeyError for an id not in the snapshot, as documented
+        plan = _plan(config, ListView(offered, config.mode), member_id, lambda: snapshot)
+        if isinstance(plan, ExploitPlan):
+            copies[plan.donor_id] += 1
+        plans[member_id] = plan
     return plans
+
+
+def plan_ready(
+    config: RunConfig, view: PopulationView, member_id: int,
+    population: Callable[[], Sequence[MemberRecord]],
+) -> Plan:
+    """The plan of one ready member, decided through ``view`` (a store answers it in SQL).
+
+    The same rule as :func:`plan_round` for one member; ``population`` is called only when the
+    explore strategy looks at the population (PB2) and the member exploits.
+    Valid when :func:`can_plan_from_view` holds for the config.
+    """
+    return _plan(config, view, member_id, population)
+
+
+def can_plan_from_view(config: RunConfig) -> bool:
+    """True when a ready point can be planned from a ranked view (:func:`plan_ready`): ranking by
+    the last score, not generational (those compare whole snapshots)."""
+    return not config.sync and config.ranking.window == 1
+
+
+def _plan(
+    config: RunConfig, view: PopulationView, member_id: int, population: Callable[[], Sequence[MemberRecord]]
+) -> Plan:
+    me = view.member(member_id)
+    rng = decision_rng(config.seed, member_id, me.step, "exploit")
+    decision = config.exploit.decide_view(view, member_id, rng)
+    if not isinstance(decision, Exploit):
+        return ReadyCheck(member_id, me.step, me.version, decision.reason)
+    donor = view.member(decision.donor_id)
+    taken = dict(donor.hparams if decision.copy_hparams else me.hparams)
+    seen = population() if getattr(config.explore, "uses_population", False) else ()
+    explored, explore_summary = explore_hparams(config, member_id, me.step, taken, seen)
+    summary = (
+        f"copied member {donor.member_id} (step {decision.donor_step}, score {decision.donor_score:.6g})"
+        f" over member {member_id} (score {_fmt(me.score)})" + ("" if decision.copy_hparams else " (weights only)")
+    )
+    return ExploitPlan(
+        member_id=member_id, step=me.step, expected_version=me.version, donor_id=donor.member_id,
+        donor_step=decision.donor_step, donor_score=decision.donor_score,
+        donor_checkpoint=decision.donor_checkpoint, donor_checkpoint_sha256=donor.checkpoint_sha256,
+        donor_hparams=dict(donor.hparams), copy_hparams=decision.copy_hparams, old_hparams=dict(me.hparams),
+        taken=taken, explored=explored, exploit_summary=summary, explore_summary=explore_summary,
+    )
 
 
 def plan_replacement(config: RunConfig, snapshot: Sequence[MemberRecord], member_id: int) -> ExploitPlan | None:

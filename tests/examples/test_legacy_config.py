@@ -31,10 +31,13 @@ def test_mapping_of_every_legacy_key():
     }
     assert (out["population"], out["workers"], out["ready"], out["budget"]) == (10, 4, {"interval": 2}, 6)
     assert out["explore"] == {"name": "perturb", "factors": [0.8, 1.2]}
-    assert out["exploit"] == {"name": "truncation", "quantile": 0.2}
+    assert out["exploit"] == {"name": "truncation", "quantile": 0.2, "rounding": "ceil"}  # the old ceil(n / 5)
     assert out["seed"] == 117 and out["name"] == "conv" and out["trainable"] == "m.py:T"
-    # model settings pass through; the old program's paths/GPUs are dropped; tuned keys win over fixed ones
-    assert out["trainable_args"] == {"model": "conv", "n_filters": "16,32", "seed": 117}
+    # model settings pass through with the old trainer's Adam; the old program's paths are dropped; tuned
+    # keys win over fixed ones, whose values become the baseline (what a vanilla run trains with)
+    assert out["trainable_args"] == {"model": "conv", "n_filters": "16,32", "seed": 117, "optimizer": "adam",
+                                     "baseline": {"lr": 0.01, "batch_size": 200}}
+    assert out["devices"] == [0]  # gpus -> device placement (the test section's gpus are ignored)
     config = pbtune.RunConfig.from_dict(out)
     assert config.population == 10 and config.explore.factors == (0.8, 1.2)
 
@@ -62,6 +65,17 @@ def test_clear_errors(patch, field, fragment):
     with pytest.raises(pbtune.InvalidConfigError) as info:
         convert_legacy_config(data, trainable="m.py:T")
     assert info.value.field == field and fragment in str(info.value) and "legacy config" in str(info.value)
+
+
+@pytest.mark.parametrize("gpus, expected", [("0,1", {"devices": [0, 1]}), ("", {"gpus_per_worker": 0}),
+                                             (1, {"devices": [1]})])
+def test_gpus_map_to_device_placement(gpus, expected):
+    data = {**SECTIONED, "general": {**SECTIONED["general"], "gpus": gpus}}
+    out = convert_legacy_config(data, trainable="m.py:T")
+    assert {k: out[k] for k in ("devices", "gpus_per_worker") if k in out} == expected
+    for bad in ("0,x", "-1", True, [0]):
+        with pytest.raises(pbtune.InvalidConfigError, match="`gpus` of `legacy config` must be device ids"):
+            convert_legacy_config({**SECTIONED, "general": {**SECTIONED["general"], "gpus": bad}}, trainable="m.py:T")
 
 
 def test_missing_trainable_and_keys():

@@ -92,6 +92,7 @@ class Zygote:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._error: str | None = None
+        self.cuda_initialized = False  # the trainable's import initialised CUDA here (forks can't use it)
         self._started: dict[int, tuple[int, WorkerProcess] | str] = {}  # request id -> (pid, proc) | error
         self._workers: dict[int, WorkerProcess] = {}
         self._gone = False  # the zygote closed its end: no more replies
@@ -115,14 +116,16 @@ class Zygote:
     def alive(self) -> bool:
         return self._process.poll() is None and self._error is None
 
-    def start(self, target_args: tuple[Mapping[str, Any], str, str]) -> WorkerProcess:
-        """Fork a worker running ``worker_main(*target_args)`` with this process's environment."""
+    def start(self, target_args: tuple[Mapping[str, Any], str, str],
+              env: Mapping[str, str] | None = None) -> WorkerProcess:
+        """Fork a worker running ``worker_main(*target_args)`` with this process's environment and
+        ``env`` over it (set in the child before the trainable runs: e.g. its CUDA_VISIBLE_DEVICES)."""
         with self._lock:
             request_id = self._next_id
             self._next_id += 1
             config, trainable, worker_id = target_args
             line = json.dumps({"op": "start", "id": request_id, "config": config, "trainable": trainable,
-                               "worker_id": worker_id, "env": dict(os.environ)}) + "\n"
+                               "worker_id": worker_id, "env": {**os.environ, **(env or {})}}) + "\n"
             os.write(self._request_w, line.encode())
             while request_id not in self._started:
                 if self._gone:
@@ -156,6 +159,7 @@ class Zygote:
                 with self._lock:
                     if "ready" in event:
                         self._error = event.get("error")
+                        self.cuda_initialized = bool(event.get("cuda"))
                         self._ready.set()
                     elif "started" in event:
                         pid = event.get("pid")
@@ -277,6 +281,9 @@ def serve(request_fd: int, events_fd: int, setup_json: str) -> None:
     request, then fork a worker per request until the pipe closes."""
     setup = json.loads(setup_json)
     sys.path[:] = setup["sys_path"]
+    # torch.cuda.is_available() at import time would cuInit here, and a forked child can neither
+    # use CUDA then nor pick its device: make torch ask NVML instead (the children get the driver's env)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the driver, which closes our pipe
     try:
         from pbtune.engine.local import worker_main
@@ -297,7 +304,8 @@ def serve(request_fd: int, events_fd: int, setup_json: str) -> None:
         except BaseException:  # reported to the driver, which raises the error itself
             _send(events_fd, {"ready": True, "error": traceback.format_exc()})
             os._exit(1)
-        _send(events_fd, {"ready": True})
+        torch = sys.modules.get("torch")
+        _send(events_fd, {"ready": True, "cuda": bool(torch is not None and torch.cuda.is_initialized())})
 
     children: set[int] = set()
     pending = b""

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from pbtune.config import RunConfig
 from pbtune.engine import _zygote
+from pbtune.engine.devices import worker_envs
 from pbtune.engine.trainable import Trainable
 from pbtune.engine.worker import Worker, load_trainable
 from pbtune.errors import InvalidConfigError, PBTuneError
@@ -29,8 +30,10 @@ __all__ = ["Monitor", "run", "RunResult", "summarize", "worker_main"]
 log = logging.getLogger(__name__)
 
 
-def worker_main(config_dict: Mapping[str, Any], trainable: type[Trainable] | str, worker_id: str) -> None:
-    """Entry point of a local worker process."""
+def worker_main(config_dict: Mapping[str, Any], trainable: type[Trainable] | str, worker_id: str,
+                env: Mapping[str, str] | None = None) -> None:
+    """Entry point of a local worker process; ``env`` (its GPU share) is set before the trainable runs."""
+    os.environ.update(env or {})  # forked workers had it applied by the zygote already; spawned ones now
     # One thread per worker: oversubscribed torch/BLAS threads make training ~10x slower. The
     # variables cover libraries imported later; torch itself is only touched if the trainable uses it.
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -43,7 +46,8 @@ def worker_main(config_dict: Mapping[str, Any], trainable: type[Trainable] | str
     stats_dir = os.environ.get("PBTUNE_WORKER_STATS_DIR")  # diagnostics hook used by benchmarks/
     if stats_dir:
         with open(os.path.join(stats_dir, f"{worker_id}.json"), "w") as handle:
-            json.dump(dataclasses.asdict(stats), handle)
+            json.dump({**dataclasses.asdict(stats), "pid": os.getpid(),
+                       "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}, handle)
 
 
 def run(
@@ -104,15 +108,21 @@ def _run(
     if held and (error := held[0].wait_ready()) is not None:
         _zygote_failed(target, error)
         _zygote.release(held.pop())
+    if held and held[0].cuda_initialized:
+        log.warning("importing %r initialised CUDA in the zygote, so forked workers could not use CUDA nor their "
+                    "device share: spawning them instead (create CUDA tensors in setup(), not at import)", reference)
+        _zygote.release(held.pop())
     restarts_left = 3 * config.workers if max_restarts is None else max_restarts
     launch = _launcher(held, reference, target, config.to_dict())
+    # each worker's GPU share (a replacement gets its predecessor's); None: the driver's environment
+    envs = worker_envs(config.workers, config.gpus_per_worker, config.devices)
 
     started: list[str] = []  # every worker id, replacements included: their leases go back on Ctrl-C
 
     def start(index: int) -> Any:
         worker_id = f"{config.name}-w{index}-{os.getpid()}-{time.time_ns() % 10**8}"
         started.append(worker_id)
-        return launch(worker_id)
+        return launch(worker_id, envs[index] if envs is not None else None)
 
     procs = [start(i) for i in range(config.workers)]
     watchers: list[Monitor] = ([display] if display is not None else []) + list(monitors)
@@ -180,24 +190,28 @@ def _zygote_failed(target: type[Trainable] | str, error: str) -> None:
 
 def _launcher(
     held: list[_zygote.Zygote], reference: str | None, target: type[Trainable] | str, config: Mapping[str, Any]
-) -> Callable[[str], Any]:
-    """Start one worker by id: forked by the run's zygote (``held``), else a spawned process."""
+) -> Callable[[str, Mapping[str, str] | None], Any]:
+    """Start one worker by id and extra environment: forked by the run's zygote (``held``), else spawned."""
     if held and reference is not None:
         ref = reference
 
-        def fork(worker_id: str) -> Any:
+        def fork(worker_id: str, env: Mapping[str, str] | None) -> Any:
             if not held[0].alive():  # it died: hold a new one
                 old, held[0] = held[0], _zygote.zygote_for(ref)
                 _zygote.release(old)
             if (error := held[0].wait_ready()) is not None:
                 raise PBTuneError(f"workers can no longer import {ref!r}: {error}")
-            return held[0].start((config, ref, worker_id))
+            return held[0].start((config, ref, worker_id), env=env)
 
         return fork
     context = mp.get_context("spawn")  # fork is unsafe with threads, SQLite and torch
+    # a spawned worker imports a class target (and maybe torch) before worker_main sets its env:
+    # pass it by name when it has one, so CUDA_VISIBLE_DEVICES is set before that import
+    by_name: type[Trainable] | str = reference if reference is not None else target
 
-    def spawn(worker_id: str) -> Any:
-        proc = context.Process(target=worker_main, args=(config, target, worker_id), daemon=True)
+    def spawn(worker_id: str, env: Mapping[str, str] | None) -> Any:
+        proc = context.Process(target=worker_main, args=(config, by_name if env else target, worker_id, env),
+                               daemon=True)
         proc.start()
         return proc
 

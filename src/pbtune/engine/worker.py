@@ -224,7 +224,8 @@ class Worker:
                 trainable.save(checkpoint)
             started = time.perf_counter()
             try:
-                self._report(member, step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending)
+                self._report(member, step, score, checkpoint=checkpoint, metrics=_plain(metrics), earlier=pending,
+                             decide=checkpoint is not None and step < config.budget)  # one transaction
             finally:
                 if checkpoint is not None:
                     _remove(checkpoint)

@@ -21,6 +21,8 @@ from typing import Any
 
 from pbtune.server.errors import (
     AuthenticationError,
+    GenerationTimeoutError,
+    GenerationWaitError,
     PopulationFullError,
     ServerError,
     ServerUnavailableError,
@@ -29,6 +31,8 @@ from pbtune.server.space_files import load_space_file, parse_space_csv
 
 __all__ = [
     "AuthenticationError",
+    "GenerationTimeoutError",
+    "GenerationWaitError",
     "PBTClient",
     "PBTServer",
     "PopulationFullError",

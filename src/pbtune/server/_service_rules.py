@@ -1,21 +1,26 @@
-"""Rules of the server's member protocol that need no state: retried reports, forward-only
-steps, fresh lease tokens, the donor's wire form."""
+"""Rules of the server's member protocol that need no state of the service: retried reports and
+exploits, forward-only steps, the client's space, fresh lease tokens, the donor's wire form."""
 
 from __future__ import annotations
 
 import math
 import os
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+from pbtune.config import RunConfig
 from pbtune.member import Donor
 from pbtune.server._wire import CheckpointSpec, float_to_wire
 from pbtune.server.errors import ServerError
 from pbtune.server.uploads import UploadArea
+from pbtune.space import Space
+from pbtune.store import PopulationStore
 from pbtune.types import MemberRecord
 
 __all__ = [
-    "already_reported", "check_step_increases", "checkpoint_source", "donor_to_wire", "fresh_token", "shared_path",
+    "already_reported", "applied_exploit", "check_space", "check_step_increases", "checkpoint_source",
+    "donor_to_wire", "fresh_token", "shared_path",
 ]
 
 
@@ -25,6 +30,36 @@ def already_reported(record: MemberRecord, step: int, metric: float, with_checkp
         return False
     same = record.score == metric or (math.isnan(record.score) and math.isnan(metric))
     return same and (not with_checkpoint or record.checkpoint_step == step)
+
+
+def applied_exploit(store: PopulationStore, record: MemberRecord, step: int | None) -> Donor | None:
+    """The donor of the exploit ``record`` already holds at ``step`` (a retried exploit whose
+    decision a server restart lost), or None."""
+    if step is None or record.step != step or record.last_ready_step != step:
+        return None
+    events = store.events(record.run, record.member_id)
+    last = events[-1] if events else None
+    if last is None or last.kind != "exploit" or last.step != step or last.donor_id is None:
+        return None
+    donor_step = last.donor_step if last.donor_step is not None else step
+    scores = [s.score for s in store.scores(record.run, last.donor_id) if s.step == donor_step]
+    return Donor(last.donor_id, donor_step, scores[-1] if scores else math.nan, dict(last.new_hparams or {}))
+
+
+def check_space(config: RunConfig, space: Mapping[str, Any]) -> None:
+    """A joining client's space must equal the run's (409 ``space_mismatch`` names the differences)."""
+    mine = config.space.to_config()
+    theirs = Space(space).to_config()
+    if mine == theirs:
+        return
+    differences = [
+        f"{name}: run has {mine.get(name)}, client has {theirs.get(name)}"
+        for name in sorted(set(mine) | set(theirs)) if mine.get(name) != theirs.get(name)
+    ]
+    raise ServerError(
+        f"the client's space differs from the space of run {config.name!r}: " + "; ".join(differences),
+        status=409, code="space_mismatch",
+    )
 
 
 def check_step_increases(record: MemberRecord, step: int) -> None:

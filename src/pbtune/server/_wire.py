@@ -27,6 +27,7 @@ __all__ = [
     "ReportRequest",
     "ExploitRequest",
     "ExploreRequest",
+    "FailRequest",
     "CheckpointSpec",
 ]
 
@@ -187,3 +188,10 @@ class ExploitRequest(_Strict):
 class ExploreRequest(_Strict):
     token: Token = None
     from_hparams: dict[str, Any] | None = None
+
+
+class FailRequest(_Strict):
+    """Mark the member failed: it leaves the population's generations (its state is final)."""
+
+    token: Token = None
+    error: str = Field(default="failed", max_length=20_000, description="what went wrong (a traceback, say)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 import time
 from typing import Annotated, Any
@@ -48,6 +49,7 @@ from pbtune.server._service_rules import donor_to_wire
 from pbtune.server._wire import (
     ExploitRequest,
     ExploreRequest,
+    FailRequest,
     JoinRequest,
     ReportRequest,
     TokenRequest,
@@ -67,6 +69,8 @@ _OPEN_PATHS = frozenset({"/health"})
 
 def _error(status: int, code: str, detail: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if "retry_after" in extra:  # HTTP's own form of the hint: whole seconds
+        headers = {"Retry-After": str(max(1, math.ceil(extra["retry_after"])))}
     return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
@@ -167,7 +171,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def server_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServerError)
-        return _error(exc.status, exc.code, str(exc))
+        return _error(exc.status, exc.code, str(exc), **exc.wire_extra())
 
     async def invalid_config(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InvalidConfigError)
@@ -231,6 +235,10 @@ class ErrorBody(BaseModel):
     where: str | None = None
     constraint: str | None = None
     value: str | None = None
+    retry_after: float | None = Field(default=None, description="for `generation_waiting` and"
+                                      " `generation_deciding`: seconds to wait before sending the request again")
+    waiting_for: list[int] | None = Field(default=None, description="for `generation_*`: the members waited for")
+    step: int | None = Field(default=None, description="for `generation_*`: the step of the generation")
 
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -243,6 +251,8 @@ _API_DESCRIPTION = (
     " checked before the body is read). JSON bodies are at most 1 MiB and 32 levels deep. Member"
     " requests carry the `token` their join answered: a token that does not hold the member's lease"
     " is refused (409 lease_lost). A report's `checkpoint` has exactly one of `upload` or `path`."
+    " In a generational run (sync) should-exploit and report may answer 409 generation_waiting or"
+    " generation_deciding: nothing was done; send the same request again after `retry_after` seconds."
     " Non-finite floats travel as the strings \"NaN\", \"Infinity\", \"-Infinity\"."
 )
 
@@ -335,6 +345,10 @@ def create_app(service: PopulationService, *, auth_key: str | bytes) -> FastAPI:
     @app.post("/members/{member_id}/finish")
     def finish(member_id: MemberId, body: TokenRequest) -> dict[str, Any]:
         return {"member": member_to_wire(service.finish(member_id, body.token))}
+
+    @app.post("/members/{member_id}/fail")
+    def fail(member_id: MemberId, body: FailRequest) -> dict[str, Any]:
+        return {"member": member_to_wire(service.fail(member_id, body.token, body.error))}
 
     @app.get("/members/{member_id}/checkpoint")
     def checkpoint(member_id: MemberId) -> dict[str, Any]:

@@ -17,18 +17,23 @@ Checkpoints travel one of two ways (``checkpoint_mode``): ``"shared"`` sends the
 (the server must see it under one of its ``--shared-root`` folders), ``"upload"`` streams the
 bytes to the server (checksummed, size-limited) and downloads donors' checkpoints into
 ``cache_dir``; ``"auto"`` (default) uses the path when it lies under a shared root.
+
+In a generational run (``sync: true``) ``should_exploit()`` waits until the member's whole
+generation has reached its step, and ``report()``/``save()`` wait until the generation has
+decided at the step before; the lease heartbeat goes on meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import tempfile
 import threading
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -37,6 +42,7 @@ from pbtune.checkpoints import digest  # the checksum the checkpoint store recor
 from pbtune.errors import CheckpointError, CorruptCheckpointError, InvalidConfigError, PBTuneError
 from pbtune.member import Donor
 from pbtune.server._client_files import new_token, read_identity, safe_name, sha256_of, write_identity
+from pbtune.server._client_generation import for_generation
 from pbtune.server._http import RetryingTransport, tls_verify
 from pbtune.server._wire import float_from_wire, float_to_wire, metrics_to_wire
 from pbtune.server.errors import ServerError
@@ -72,6 +78,9 @@ class PBTClient:
             jittered backoff) before :class:`~pbtune.server.errors.ServerUnavailableError`.
         timeout: seconds to wait for one answer.
         verify: TLS verification: True, False, or the path of a CA bundle (self-signed servers).
+        generation_timeout: in a generational run, the longest ``should_exploit()`` or
+            ``report()`` waits for the member's generation before :class:`GenerationTimeoutError`
+            (naming the members it waits for); None: as long as it takes.
 
     Raises:
         PopulationFullError: no member is free to join.
@@ -92,6 +101,7 @@ class PBTClient:
         retry_seconds: float = 120.0,
         timeout: float = 60.0,
         verify: bool | str = True,
+        generation_timeout: float | None = None,
     ) -> None:
         if checkpoint_mode not in CHECKPOINT_MODES:
             raise InvalidConfigError("checkpoint_mode", "PBTClient", f"one of {list(CHECKPOINT_MODES)}",
@@ -102,6 +112,13 @@ class PBTClient:
             raise InvalidConfigError("member_id", "PBTClient", "None or an integer >= 0", member_id)
         if not retry_seconds > 0:
             raise InvalidConfigError("retry_seconds", "PBTClient", "a number > 0", retry_seconds)
+        if generation_timeout is not None and not (isinstance(generation_timeout, (int, float))
+                                                   and not isinstance(generation_timeout, bool)
+                                                   and generation_timeout > 0):
+            raise InvalidConfigError("generation_timeout", "PBTClient", "None or a number > 0", generation_timeout)
+        self.generation_timeout = generation_timeout
+        self.generation_wait_seconds = 0.0  # how long this client waited for its generations so far
+        self._rng = random.Random()
         key = auth_key.decode() if isinstance(auth_key, bytes) else auth_key
         self.base_url = base_url(server_url, server_port)
         self.checkpoint_mode = checkpoint_mode
@@ -216,16 +233,33 @@ class PBTClient:
 
     def report(self, step: int, metric: float, *, checkpoint: str | None = None,
                metrics: Mapping[str, Any] | None = None) -> None:
-        """Record the score at ``step`` and, if given, the checkpoint file (or folder, shared mode)."""
-        spec = None if checkpoint is None else self._send_checkpoint(checkpoint)
-        self._member("report", {"step": int(step), "metric": float_to_wire(float(metric)),
-                                "metrics": metrics_to_wire(metrics), "checkpoint": spec})
+        """Record the score at ``step`` and, if given, the checkpoint file (or folder, shared mode).
+
+        Generational run: waits while the member's generation is still deciding at its last step.
+        """
+        payload = {"step": int(step), "metric": float_to_wire(float(metric)), "metrics": metrics_to_wire(metrics),
+                   "checkpoint": None if checkpoint is None else self._send_checkpoint(checkpoint)}
+        try:
+            self._for_generation(lambda: self._member("report", payload))
+        except ServerError as exc:  # a long wait outlived the staged upload (an hour): send it again
+            if exc.code != "upload_not_found" or checkpoint is None:
+                raise
+            payload["checkpoint"] = self._send_checkpoint(checkpoint)
+            self._for_generation(lambda: self._member("report", payload))
         self._decided = False
 
     def should_exploit(self) -> bool:
-        """True when the member is ready and the exploit strategy picked a donor."""
-        self._decided = bool(self._member("should-exploit")["exploit"])
+        """True when the member is ready and the exploit strategy picked a donor.
+
+        Generational run: waits until every member of its generation reached its step.
+        """
+        self._decided = bool(self._for_generation(lambda: self._member("should-exploit"))["exploit"])
         return self._decided
+
+    def _for_generation(self, send: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        answer, waited = for_generation(send, member_id=self.member_id, timeout=self.generation_timeout, rng=self._rng)
+        self.generation_wait_seconds += waited
+        return answer
 
     def exploit(self) -> Donor | None:
         """Copy the chosen donor's checkpoint and hyperparameters into this member (None: nothing copied)."""
@@ -258,6 +292,12 @@ class PBTClient:
     def finish(self) -> None:
         """Mark the member finished (it reached its budget); it can no longer report."""
         self._member("finish")
+        self._stop_heartbeat.set()
+
+    def fail(self, error: str = "failed") -> None:
+        """Mark the member failed (its training broke; ``error`` is kept in the store). A failed
+        member is final: it never holds a generation up, and no client resumes it."""
+        self._member("fail", {"error": str(error)[-20_000:]})
         self._stop_heartbeat.set()
 
     def close(self) -> None:
@@ -361,8 +401,9 @@ def _heartbeat_loop(http: httpx.Client, path: str, token: str, interval: float, 
     while not stop.wait(interval):
         try:
             answer = http.post(path, json={"token": token})
-        except (httpx.HTTPError, RuntimeError):  # restarting server, or the client was closed
-            continue
-        if answer.is_success and not answer.json().get("held", True) and not warned:
+            held = answer.json().get("held", True) if answer.is_success else True
+        except (httpx.HTTPError, RuntimeError, ValueError, AttributeError):  # restarting server, a proxy's
+            continue  # page instead of JSON, or the client was closed: the next beat tries again
+        if not held and not warned:
             log.warning("this client lost its lease on %s (another client took the member over)", path)
             warned = True

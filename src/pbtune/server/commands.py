@@ -57,6 +57,8 @@ def server(
     ready_interval: int = typer.Option(1, help="Saves between exploit decisions (without --config)."),
     budget: int | None = typer.Option(None, help="Steps per member (default: unbounded)."),
     lease_seconds: float = typer.Option(60.0, help="A client silent this long frees its member."),
+    sync: bool = typer.Option(False, "--sync", help="Generational PBT (without --config): should_exploit()"
+                              " waits until the member's whole generation reached its step."),
     shared_root: list[str] | None = _SHARED_ROOT,
     upload_dir: str | None = typer.Option(None, help="Where uploaded checkpoints are staged."),
     max_upload_mb: float = typer.Option(1024.0, help="Largest checkpoint upload, in MiB."),
@@ -77,7 +79,8 @@ def server(
         instance = runner.PBTServer(
             port, key, None if mode is None else mode == "max", host=host, config=config, run=run,
             storage=storage, checkpoints=checkpoints, population=population, budget=budget,
-            ready_interval=ready_interval, lease_seconds=lease_seconds, shared_roots=tuple(shared_root or ()),
+            ready_interval=ready_interval, lease_seconds=lease_seconds, sync=sync,
+            shared_roots=tuple(shared_root or ()),
             upload_dir=upload_dir, max_upload_bytes=max(1, int(max_upload_mb * (1 << 20))),
             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, log_level=log_level, background=False,
             tensorboard=tensorboard,

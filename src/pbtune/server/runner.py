@@ -68,6 +68,8 @@ class PBTServer:
         budget: steps per member (default unbounded: clients stop when they like).
         ready_interval: steps (saves) between exploit decisions (default 1: decide after every save).
         exploit / explore / seed / lease_seconds / keep_checkpoints: as in :class:`RunConfig`.
+        sync: generational PBT (``RunConfig.sync``): a client's ``should_exploit()`` waits until
+            its whole generation reached its step (clients that failed or went away excepted).
         shared_roots: folders on a shared filesystem whose files clients may name as checkpoints.
         upload_dir: where uploaded checkpoints are staged (default: a folder in the temp dir).
         max_upload_bytes: largest checkpoint upload accepted.
@@ -96,6 +98,7 @@ class PBTServer:
         seed: int = 0,
         lease_seconds: float = 60.0,
         keep_checkpoints: int = 2,
+        sync: bool = False,
         shared_roots: Sequence[str] = (),
         upload_dir: str | None = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -131,7 +134,7 @@ class PBTServer:
         self.template = _template(
             config, maximize_metric, run=run or DEFAULT_RUN, storage=storage, checkpoints=checkpoints,
             population=population, budget=budget, ready_interval=ready_interval, exploit=exploit, explore=explore,
-            seed=seed, lease_seconds=lease_seconds, keep_checkpoints=keep_checkpoints,
+            seed=seed, lease_seconds=lease_seconds, keep_checkpoints=keep_checkpoints, sync=sync,
         )
         self.grows = config is None and population is None
         self._new_run = config is None and run is None  # resolved to a free name by the service
@@ -280,6 +283,7 @@ def _template(
         "seed": settings["seed"],
         "lease_seconds": settings["lease_seconds"],
         "keep_checkpoints": settings["keep_checkpoints"],
+        "sync": settings["sync"],
         "storage": storage or f"sqlite:///{DEFAULT_DIR}/pbtune.db",
         "checkpoints": checkpoints or f"{DEFAULT_DIR}/checkpoints",
     }

@@ -20,16 +20,19 @@ How member ids are handed out (a population of N members ``0..N-1``):
   is taken over under the joining client's own token (a fresh one, never the dead client's),
   from its last checkpoint; an unleased one is reserved for whoever names it, and is never
   handed to a client that joins without an id.
-* Every write and decision (report, should-exploit, exploit, explore, finish) checks that
-  the request's token is the member's lease holder: a client that lost its lease gets
+* Every write and decision (report, should-exploit, exploit, explore, finish, fail) checks
+  that the request's token is the member's lease holder: a client that lost its lease gets
   ``lease_lost`` (409) and changes nothing.
+
+In a generational run (``sync``) should-exploit and report may answer 409
+``generation_waiting`` / ``generation_deciding``: wait, then send again (see
+:mod:`pbtune.server._service_generation`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -40,10 +43,13 @@ from pbtune.checkpoints import CheckpointStore
 from pbtune.config import RunConfig
 from pbtune.errors import LeaseLostError, NotFoundError
 from pbtune.member import Donor, Member, Population
+from pbtune.server._service_generation import ServiceGeneration
 from pbtune.server._service_growth import PopulationGrowth
 from pbtune.server._service_reads import CheckpointInfo, ServiceReads
 from pbtune.server._service_rules import (
     already_reported,
+    applied_exploit,
+    check_space,
     check_step_increases,
     checkpoint_source,
     fresh_token,
@@ -60,7 +66,7 @@ __all__ = ["PopulationService", "CheckpointInfo"]
 
 log = logging.getLogger(__name__)
 
-class PopulationService(ServiceReads, PopulationGrowth):
+class PopulationService(ServiceReads, PopulationGrowth, ServiceGeneration):
     """One run of a store, served to remote members.
 
     Args:
@@ -158,21 +164,6 @@ class PopulationService(ServiceReads, PopulationGrowth):
         assert self._population is not None
         return self._population
 
-    def _check_space(self, space: Mapping[str, Any]) -> None:
-        assert self.config is not None
-        mine = self.config.space.to_config()
-        theirs = Space(space).to_config()
-        if mine == theirs:
-            return
-        differences = [
-            f"{name}: run has {mine.get(name)}, client has {theirs.get(name)}"
-            for name in sorted(set(mine) | set(theirs)) if mine.get(name) != theirs.get(name)
-        ]
-        raise ServerError(
-            f"the client's space differs from the space of run {self.run_name!r}: " + "; ".join(differences),
-            status=409, code="space_mismatch",
-        )
-
     def _check_member_id(self, member_id: int) -> Population:
         if self._population is None or self.config is None:
             raise ServerError(f"run {self.run_name!r} does not exist yet: join first", status=409,
@@ -219,7 +210,7 @@ class PopulationService(ServiceReads, PopulationGrowth):
         cached = self._handles.get(member_id)
         if cached is not None and cached[0] == token:
             return cached[1]
-        member = population.member(member_id, worker=token)
+        member = self._new_member(population, member_id, token)
         self._handles[member_id] = (token, member)
         self._decided.discard(member_id)
         return member
@@ -233,10 +224,10 @@ class PopulationService(ServiceReads, PopulationGrowth):
         Returns the member and the token to heartbeat with (None: nothing to heartbeat).
         """
         self._ensure_run(space)
-        if space is not None:
-            self._check_space(space)
         assert self.config is not None
         config = self.config
+        if space is not None:
+            check_space(config, space)
         if member_id is None:
             if token is None:
                 raise ServerError("joining as a free member needs a client `token`", status=422, code="invalid")
@@ -314,6 +305,7 @@ class PopulationService(ServiceReads, PopulationGrowth):
                 result = record
             else:
                 check_step_increases(record, step)
+                self._hold_report(record, step)  # generational: raises while the generation decides
                 source = self._checkpoint_source(checkpoint)
                 member.report(step, metric, checkpoint=source, metrics=metrics)
                 self._decided.discard(member_id)
@@ -334,6 +326,8 @@ class PopulationService(ServiceReads, PopulationGrowth):
         with self._serialized(member_id, writes=False):
             member, _ = self._holder_handle(member_id, token)
             decided = member.should_exploit()
+            if member.waiting:  # generational: nothing decided until the generation is complete
+                raise self._generation_waiting(member.record)
             if decided:
                 self._decided.add(member_id)
             else:
@@ -357,7 +351,7 @@ class PopulationService(ServiceReads, PopulationGrowth):
                 return member.exploit(), member.record
             if after_decision:
                 record = member.refresh()
-                done = self._applied_exploit(record, step)
+                done = applied_exploit(self.store, record, step)
                 if done is not None:
                     return done, record
                 if member.should_exploit():
@@ -365,17 +359,6 @@ class PopulationService(ServiceReads, PopulationGrowth):
                 return None, member.record
             member.exploit()  # raises: no decision to carry out
             raise AssertionError("unreachable")
-
-    def _applied_exploit(self, record: MemberRecord, step: int | None) -> Donor | None:
-        if step is None or record.step != step or record.last_ready_step != step:
-            return None
-        events = self.store.events(self.run_name, record.member_id)
-        last = events[-1] if events else None
-        if last is None or last.kind != "exploit" or last.step != step or last.donor_id is None:
-            return None
-        donor_step = last.donor_step if last.donor_step is not None else step
-        scores = [s.score for s in self.store.scores(self.run_name, last.donor_id) if s.step == donor_step]
-        return Donor(last.donor_id, donor_step, scores[-1] if scores else math.nan, dict(last.new_hparams or {}))
 
     def explore(
         self, member_id: int, token: str | None, from_hparams: Mapping[str, Any] | None
@@ -401,6 +384,18 @@ class PopulationService(ServiceReads, PopulationGrowth):
                 return member.record  # a retried finish
             self._check_holder(member.record, token)
             member.finish()
+            self._decided.discard(member_id)
+            return member.record
+
+    def fail(self, member_id: int, token: str | None, error: str) -> MemberRecord:
+        """Mark the member failed (its client's training broke): it leaves every generation."""
+        self._check_member_id(member_id)
+        with self._serialized(member_id):
+            member = self._handle(member_id, token)
+            if member.refresh().state is MemberState.FAILED:
+                return member.record  # a retried fail
+            self._check_holder(member.record, token)
+            member.fail(error)
             self._decided.discard(member_id)
             return member.record
 

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -35,6 +35,7 @@ from pbtune.store._sql_rows import (
     _sqlite_file,
     _updated_record,
 )
+from pbtune.store._sql_view import SQLView
 from pbtune.store._sqlite import read_only_connect, refuse_foreign_tables, require_file, split_allow_foreign
 from pbtune.store.base import (
     PopulationStore,
@@ -43,6 +44,9 @@ from pbtune.types import (
     MemberRecord,
     MemberState,
 )
+
+if TYPE_CHECKING:
+    from pbtune.strategies._view import PopulationView
 
 T = TypeVar("T")
 
@@ -102,7 +106,9 @@ class SQLBase(PopulationStore):
             args: dict[str, Any] = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
             if read_only and parsed.get_backend_name() == "postgresql":
                 args["options"] = "-c default_transaction_read_only=on"
-            return sa.create_engine(parsed, pool_pre_ping=True, future=True, connect_args=args)
+            # No pre-ping (a round trip per transaction): a dropped connection fails the first
+            # statement as invalidated, which _transaction retries on a fresh one.
+            return sa.create_engine(parsed, future=True, connect_args=args)
         in_memory = parsed.database in (None, "", ":memory:")
         opened_read_only = read_only and not in_memory
         engine = sa.create_engine(
@@ -238,6 +244,9 @@ class SQLBase(PopulationStore):
             error=m["error"],
             recent=_recent_out(m["recent"]),
         )
+
+    def population_view(self, run: str, mode: str, known: Sequence[MemberRecord] = ()) -> PopulationView:
+        return SQLView(self, run, mode, tuple(known))
 
     def _load_member(self, conn: Connection, run: str, member_id: int, *, lock: bool = False) -> MemberRecord:
         query = _SELECT_MEMBER_FOR_UPDATE if lock and self._for_update else _SELECT_MEMBER

@@ -168,6 +168,10 @@ class SQLBookkeeping(SQLBase):
 
     def collect_checkpoints(self, run: str, member_id: int, keep: int) -> list[str]:
         def body(conn: Connection) -> list[str]:
+            if conn.dialect.delete_returning:  # one statement (PostgreSQL, SQLite >= 3.35)
+                found = conn.execute(_COLLECT, {"run": run, "member_id": member_id, "keep": keep,
+                                                "now": self._clock()})
+                return list(found.scalars())
             member = self._load_member(conn, run, member_id, lock=True)
             c = s.checkpoints.c
             query = (
@@ -188,3 +192,20 @@ class SQLBookkeeping(SQLBase):
             return doomed
 
         return self._transaction(body)
+
+
+def _collect_statement() -> Any:
+    """DELETE the member's checkpoints past the newest ``keep`` that are neither pinned nor its
+    current one, RETURNING their keys (the files to delete)."""
+    c, m, p = s.checkpoints.c, s.members.c, s.pins.c
+    run, member_id = sa.bindparam("run", type_=sa.String), sa.bindparam("member_id", type_=sa.Integer)
+    older = (sa.select(c.key).where(c.run == run, c.member_id == member_id)
+             .order_by(c.step.desc(), c.created.desc()).offset(sa.bindparam("keep")))
+    current = sa.select(m.checkpoint).where(m.run == run, m.member_id == member_id).scalar_subquery()
+    pinned = sa.select(p.key).where(p.run == run, p.expires >= sa.bindparam("now"))
+    return (sa.delete(s.checkpoints)
+            .where(c.run == run, c.key.in_(older), c.key.not_in(pinned), c.key != sa.func.coalesce(current, ""))
+            .returning(c.key))
+
+
+_COLLECT = _collect_statement()  # built once: the ready point runs it every time

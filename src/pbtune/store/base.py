@@ -17,10 +17,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pbtune.errors import MemberFinishedError, StoreError
 from pbtune.types import EventRecord, MemberRecord, MemberState, RunRecord, ScoreRecord
+
+if TYPE_CHECKING:
+    from pbtune.strategies._view import PopulationView
 
 __all__ = ["PopulationStore", "CheckpointRef", "ScorePoint", "ExploitWrite", "ReadyCheckWrite"]
 
@@ -139,6 +142,20 @@ class PopulationStore(abc.ABC):
     def list_members(self, run: str) -> tuple[MemberRecord, ...]:
         """All members of a run ordered by id (a consistent snapshot)."""
 
+    def population_view(self, run: str, mode: str, known: Sequence[MemberRecord] = ()) -> PopulationView:
+        """The run's members that are not failed, as a strategy's ranked view
+        (:class:`~pbtune.strategies.PopulationView`). ``known`` records are current (the
+        caller just wrote them) and need not be read again.
+
+        This default reads every member; a SQL store answers each question with one statement
+        (rank COUNT, top-k SELECT) in the caller's :meth:`batch` transaction.
+        """
+        from pbtune.strategies._view import ListView
+
+        fresh = {m.member_id: m for m in known}
+        members = [fresh.get(m.member_id, m) for m in self.list_members(run)]
+        return ListView([m for m in members if m.state is not MemberState.FAILED], mode)
+
     @abc.abstractmethod
     def report(
         self,
@@ -193,6 +210,13 @@ class PopulationStore(abc.ABC):
     @abc.abstractmethod
     def mark_ready_checked(self, run: str, member_id: int, step: int, expected_version: int) -> bool:
         """Record that the member was checked for exploit at ``step``. False if ``version`` moved."""
+
+    def ready_checked(self, run: str, record: MemberRecord, step: int) -> MemberRecord | None:
+        """:meth:`mark_ready_checked` for a caller that holds the member's current ``record``:
+        the record after it, or None when the member changed meanwhile (or is final)."""
+        if not self.mark_ready_checked(run, record.member_id, step, record.version):
+            return None
+        return self.get_member(run, record.member_id)
 
     @abc.abstractmethod
     def apply_exploit(

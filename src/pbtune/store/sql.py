@@ -22,11 +22,13 @@ from pbtune.errors import (
 from pbtune.store import _schema as s
 from pbtune.store._sql_bookkeeping import SQLBookkeeping
 from pbtune.store._sql_rows import (
+    _UPDATE_MEMBER,
     _event_row,
     _exploit_writes,
     _member_values,
     _recent_in,
     _score_in,
+    _updated_record,
 )
 from pbtune.store.base import (
     CheckpointRef,
@@ -234,6 +236,18 @@ class SQLStore(SQLBookkeeping):
                 return False
             self._update_member(conn, member, {"last_ready_step": step})
             return True
+
+        return self._transaction(body)
+
+    def ready_checked(self, run: str, record: MemberRecord, step: int) -> MemberRecord | None:
+        if record.state.is_final:
+            return None
+
+        def body(conn: Connection) -> MemberRecord | None:  # one compare-and-set UPDATE, no read
+            values = _member_values(record, self._clock(), {"last_ready_step": step})
+            result = conn.execute(_UPDATE_MEMBER.values(**values), {
+                "match_run": run, "match_member_id": record.member_id, "match_version": record.version})
+            return _updated_record(record, values) if result.rowcount == 1 else None
 
         return self._transaction(body)
 

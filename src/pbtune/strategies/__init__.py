@@ -102,6 +102,8 @@ def strategy_config(strategy: Any) -> dict[str, Any]:
                 out: dict[str, Any] = {"name": names[0]}
                 for f in dataclasses.fields(strategy):
                     value = getattr(strategy, f.name)
+                    if f.metadata.get("omit_default") and value == f.default:
+                        continue  # a newer field at its default: older stored configs still compare equal
                     if dataclasses.is_dataclass(value):  # a nested strategy (PB2's fallback)
                         value = strategy_config(value)
                     out[f.name] = list(value) if isinstance(value, tuple) else value

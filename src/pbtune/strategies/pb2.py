@@ -24,7 +24,7 @@ import random
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from pbtune.errors import InvalidConfigError
 from pbtune.space import Change, Choice, Space
@@ -45,6 +45,8 @@ class PB2:
         min_data: fewest members with usable data; below it, fall back to ``fallback``.
         fallback: the explore used without enough data.
     """
+
+    uses_population: ClassVar[bool] = True  # the planner reads the whole population for it
 
     candidates: int = 256
     min_data: int = 3

@@ -15,6 +15,7 @@ from pbtune.errors import IllegalTransitionError, LeaseLostError, MemberFinished
 from pbtune.store.base import PopulationStore, ScorePoint
 from pbtune.testing._store_rounds import RoundConformance
 from pbtune.testing._store_rounds import ref as _ref
+from pbtune.testing._store_views import ViewConformance
 from pbtune.types import MemberState
 
 __all__ = ["StoreConformance", "FakeClock"]
@@ -31,8 +32,9 @@ class FakeClock:
         self.now += seconds
 
 
-class StoreConformance(RoundConformance):
-    """Behaviour every population store must show (the PBT round's writes: :class:`RoundConformance`)."""
+class StoreConformance(RoundConformance, ViewConformance):
+    """Behaviour every population store must show (the PBT round's writes: :class:`RoundConformance`;
+    the ranked population view: :class:`ViewConformance`)."""
 
     def make_store(self, clock: Callable[[], float]) -> PopulationStore:
         raise NotImplementedError

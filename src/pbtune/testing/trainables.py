@@ -11,7 +11,7 @@ from typing import Any
 
 from pbtune.engine.trainable import Trainable
 
-__all__ = ["Counter", "Quadratic", "Flaky"]
+__all__ = ["Counter", "Quadratic", "Flaky", "DeviceRecorder"]
 
 
 class Counter(Trainable):
@@ -81,3 +81,45 @@ class Flaky(Quadratic):
         if self.tag == "nan":
             result["score"] = math.nan
         return result
+
+
+class DeviceRecorder(Quadratic):
+    """A Quadratic that records the GPU share its worker process was given (device placement tests).
+
+    ``setup`` writes ``<record_dir>/<pid>-<member>.json`` with the process id and its
+    ``CUDA_VISIBLE_DEVICES`` / ``CUDA_DEVICE_ORDER``. With ``use_torch: true`` it also runs a
+    small matmul on ``cuda`` when torch sees a GPU (else on CPU) and records the device, the GPUs
+    torch sees and the steps trained there (``benchmarks/gpu_check.py``).
+    """
+
+    def setup(self, hparams: Mapping[str, Any]) -> None:
+        super().setup(hparams)
+        self.record: dict[str, Any] = {
+            "pid": os.getpid(), "ppid": os.getppid(), "member": self.member_id,
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "CUDA_DEVICE_ORDER": os.environ.get("CUDA_DEVICE_ORDER"), "steps": 0,
+        }
+        self.weights: Any = None
+        if self.args.get("use_torch"):
+            import torch
+
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self.weights = torch.randn(256, 256, device=device)
+            self.record.update(device=str(self.weights.device), torch_device_count=torch.cuda.device_count(),
+                               device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+        self._write()
+
+    def step(self) -> Mapping[str, float]:
+        if self.weights is not None:  # real work on the device the worker was given
+            self.weights = (self.weights @ self.weights).tanh()
+            float(self.weights.sum())
+        self.record["steps"] += 1
+        self._write()
+        return super().step()
+
+    def _write(self) -> None:
+        folder = str(self.args["record_dir"])
+        path = os.path.join(folder, f"{self.record['pid']}-{self.record['member']}.json")
+        with open(f"{path}.tmp", "w") as handle:
+            json.dump(self.record, handle)
+        os.replace(f"{path}.tmp", path)
