@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from pbtune.config import DEFAULT_DIR, RunConfig, budget_text, load_config
 from pbtune.diversity import diversity
@@ -26,9 +24,33 @@ from pbtune.store import open_store
 from pbtune.strategies import Ready
 from pbtune.types import MemberRecord, MemberState
 
-app = typer.Typer(help="Population Based Training: run populations and inspect what they found.",
+if TYPE_CHECKING:
+    from rich.table import Table
+
+_app = typer.Typer(help="Population Based Training: run populations and inspect what they found.",
                   no_args_is_help=True, add_completion=False)
-console = Console()
+
+
+class _Console:
+    """rich's Console, made on first use: ``pbtune run`` reaches its first step before rich is imported."""
+
+    _made: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if _Console._made is None:
+            from rich.console import Console
+
+            _Console._made = Console()
+        return getattr(_Console._made, name)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+console: Any = _Console()
 DEFAULT_STORAGE = f"sqlite:///{DEFAULT_DIR}/pbtune.db"
 
 StorageOption = typer.Option(DEFAULT_STORAGE, "--storage", "-s", help="SQLAlchemy URL of the population store.")
@@ -71,7 +93,7 @@ def _tensorboard_monitors(logdir: str | None) -> list[Any]:
     return [TensorBoardMonitor(logdir)]
 
 
-@app.command()
+@_app.command()
 def run(
     config: str = typer.Argument(..., help="JSON or YAML run config."),
     workers: int | None = typer.Option(None, help="Override the number of worker processes."),
@@ -162,6 +184,8 @@ def _best(members: tuple[MemberRecord, ...], cfg: Mapping[str, Any]) -> MemberRe
 
 
 def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: int | None, ranking: Ranking) -> Table:
+    from rich.table import Table
+
     table = Table(title=f"run {run_name}")
     smoothed = ranking.window > 1
     columns = ("member", "state", "step", "score", *(["smoothed"] if smoothed else []), "hparams", "worker")
@@ -177,7 +201,7 @@ def _members_table(run_name: str, members: tuple[MemberRecord, ...], best_id: in
     return table
 
 
-@app.command()
+@_app.command()
 def status(
     run_name: str | None = typer.Argument(None, metavar="RUN"),
     storage: str = StorageOption,
@@ -230,7 +254,7 @@ def status(
     console.print(f"diversity: {spread.summary()}")
 
 
-@app.command()
+@_app.command()
 def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = StorageOption) -> None:
     """The best member: score, hyperparameters, checkpoint and schedule."""
     try:
@@ -250,7 +274,7 @@ def best(run_name: str = typer.Argument(..., metavar="RUN"), storage: str = Stor
     }, indent=2))
 
 
-@app.command()
+@_app.command()
 def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
             member: str = typer.Argument("best", help="Member id, or 'best'."),
             storage: str = StorageOption) -> None:
@@ -275,6 +299,8 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
     except PBTuneError as exc:
         _fail(str(exc))
         return
+    from rich.table import Table
+
     table = Table(title=f"schedule of member {member_id} (steps are the model's age)")
     for column in ("from step", "hparams", "as member", "via"):
         table.add_column(column)
@@ -286,7 +312,7 @@ def lineage(run_name: str = typer.Argument(..., metavar="RUN"),
             console.print(f"  step {event.step:>6} {event.kind:<8} {event.summary}")
 
 
-@app.command()
+@_app.command()
 def runs(storage: str = StorageOption) -> None:
     """List the runs in a store (opened read-only: a missing store is not created)."""
     try:
@@ -302,7 +328,7 @@ def runs(storage: str = StorageOption) -> None:
         typer.echo(record.name)
 
 
-@app.command()
+@_app.command()
 def demo(workers: int = typer.Option(2, help="Worker processes."),
          quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
     """A 30-second PBT job on the embedded default store (the paper's toy-style quadratic)."""
@@ -333,27 +359,46 @@ _COMMAND_MODULES = (
     "pbtune.scaleout.commands",
     "pbtune.vectorized.commands",
 )
+CORE_COMMANDS = frozenset({"run", "status", "best", "lineage", "runs", "demo"})  # defined above
+_registered = threading.Lock()
+_plugins: list[str] = []
 
 
 def _register_plugins() -> None:
     import importlib
 
-    for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and module_name.startswith(exc.name):
-                continue  # that subsystem is not part of this build
-            raise
-        module.register(app)
+    with _registered:
+        if _plugins:
+            return
+        for module_name in _COMMAND_MODULES:
+            _plugins.append(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name is not None and module_name.startswith(exc.name):
+                    continue  # that subsystem is not part of this build
+                raise
+            module.register(_app)
 
 
-_register_plugins()
+def command_app(argv: Sequence[str]) -> typer.Typer:
+    """The app to run ``argv`` with: a core command (``run`` ...) needs none of the other
+    subsystems' commands, so their modules (and rich) are not imported before it starts."""
+    if not (argv and argv[0] in CORE_COMMANDS):
+        _register_plugins()
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # ``from pbtune.cli import app``: every command
+        _register_plugins()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:  # pragma: no cover - console entry point
-    app()
+    command_app(sys.argv[1:])()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(command_app(sys.argv[1:])())

@@ -12,6 +12,9 @@ precedent: PyTorch's own DataLoader forks its workers). It stays up across runs 
 trainable started from one process, and exits when the driver closes its request pipe (also
 when the driver dies: the kernel closes the pipe), terminating workers still running.
 
+Where the driver is safe to fork (:mod:`pbtune.engine._driver_fork`), the zygote is forked from
+it and starts with the script's imports; else, and for ``pbtune run``, it is a fresh interpreter.
+
 Requests and replies are JSON lines over two pipes (never pickle).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import select
 import signal
@@ -30,11 +34,19 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["WorkerProcess", "Zygote", "close_zygote", "prestart", "release", "trainable_reference", "zygote_for"]
+from pbtune.engine._driver_fork import READER_THREAD, fork_blocker, fork_child
+from pbtune.engine._handles import ForkedProcess, WorkerProcess, worker_exited
+
+__all__ = ["WorkerProcess", "Zygote", "close_zygote", "prestart", "release", "trainable_reference", "worker_exited",
+           "zygote_for"]
+
+log = logging.getLogger(__name__)
 
 # Modules the zygote imports after the trainable when torch is in use: torch.optim's first
 # optimizer imports torch._dynamo (seconds); torch offers no supported switch to skip it.
 TORCH_PRELOAD = ("torch._dynamo",)
+# What every worker's first store and checkpoint calls import (SQLAlchemy loads dialects lazily).
+WORKER_PRELOAD = ("sqlalchemy.dialects.sqlite", "fsspec.implementations.chained")
 
 
 def trainable_reference(cls: type) -> str | None:
@@ -53,52 +65,30 @@ def trainable_reference(cls: type) -> str | None:
     return f"{cls.__module__}:{name}"
 
 
-class WorkerProcess:
-    """A worker forked by the zygote, with the few ``multiprocessing.Process`` methods the driver uses."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.exitcode: int | None = None
-        self._exited = threading.Event()
-
-    def is_alive(self) -> bool:
-        return not self._exited.is_set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._exited.wait(timeout)
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, signum: int) -> None:
-        if self.is_alive():
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def _set_exit(self, code: int) -> None:
-        self.exitcode = code
-        self._exited.set()
-
-
 class Zygote:
     """The driver's handle on one zygote process (see the module's docstring)."""
 
-    def __init__(self, trainable: str | None) -> None:
+    def __init__(self, trainable: str | None, *, fork: bool = False) -> None:
         self.trainable: str | None = None
         self.key: tuple[Any, ...] = (None, _place())
         self.users = 0  # runs holding it (see zygote_for)
+        self.forked = fork  # forked from this process (it has our imports) rather than a fresh interpreter
         request_r, self._request_w = os.pipe()
         self._events_r, events_w = os.pipe()
         setup = json.dumps({"sys_path": sys.path, "torch_preload": TORCH_PRELOAD})
-        code = f"from pbtune.engine._zygote import serve; serve({request_r}, {events_w}, {setup!r})"
-        self._process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(request_r, events_w))
+        self._process: subprocess.Popen[bytes] | ForkedProcess
+        if fork:
+            with _fds_lock:
+                inherited = [self._request_w, self._events_r, *_request_pipes]
+            pid = fork_child(lambda: serve(request_r, events_w, setup), close_fds=inherited)
+            self._process = ForkedProcess(pid)
+        else:
+            code = f"from pbtune.engine._zygote import serve; serve({request_r}, {events_w}, {setup!r})"
+            self._process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(request_r, events_w))
         os.close(request_r)
         os.close(events_w)
+        with _fds_lock:  # a zygote forked later must not hold our request pipe open (its EOF stops ours)
+            _request_pipes.add(self._request_w)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._error: str | None = None
@@ -108,7 +98,7 @@ class Zygote:
         self._gone = False  # the zygote closed its end: no more replies
         self._next_id = 0
         self._reply = threading.Condition(self._lock)
-        self._reader = threading.Thread(target=self._read_events, daemon=True, name="pbtune-zygote-events")
+        self._reader = threading.Thread(target=self._read_events, daemon=True, name=READER_THREAD)
         self._reader.start()
         if trainable is not None:
             self.load(trainable)
@@ -149,7 +139,9 @@ class Zygote:
     def close(self, timeout: float = 5.0) -> None:
         """Ask the zygote to leave (it terminates workers still running)."""
         try:
-            os.close(self._request_w)
+            with _fds_lock:
+                _request_pipes.discard(self._request_w)
+                os.close(self._request_w)
         except OSError:
             return
         if not self._ready.is_set():  # still importing, no workers yet: don't wait for it
@@ -193,6 +185,11 @@ class Zygote:
             self._reply.notify_all()
 
 
+# The driver's ends of the zygotes' request pipes, closed in a zygote forked from the driver.
+_request_pipes: set[int] = set()
+_fds_lock = threading.Lock()
+
+
 def _place() -> tuple[Any, ...]:
     return (sys.executable, tuple(sys.path), os.getcwd())
 
@@ -230,7 +227,10 @@ def zygote_for(trainable: str) -> Zygote:
                 zygote.close()
             zygote = None
         if zygote is None:
-            zygote = _zygotes[key] = Zygote(trainable)
+            blocker = fork_blocker()
+            if blocker is not None:
+                log.debug("the zygote is a fresh interpreter: %s", blocker)
+            zygote = _zygotes[key] = Zygote(trainable, fork=blocker is None)
         zygote.users += 1
         for other_key, other in list(_zygotes.items()):
             if other is not zygote and other.users == 0:
@@ -247,11 +247,17 @@ def release(zygote: Zygote) -> None:
             zygote.close()  # replaced meanwhile (it died, or its trainable's file changed)
 
 
-def prestart() -> None:
-    """Start a zygote before the trainable is known (``pbtune run``: while the CLI imports)."""
+def prestart(trainable: str | None = None) -> None:
+    """Start a zygote early (``pbtune run``: before the CLI's imports); with ``trainable`` (a guess
+    from the config file) it imports that meanwhile, else it waits to be told. It is forked from
+    this process once the worker code is imported here, so that is imported once for both."""
+    fork = fork_blocker() is None
+    if fork:
+        import pbtune.engine.local  # noqa: F401 - the CLI imports it next anyway
     with _zygotes_lock:
-        if (None, _place()) not in _zygotes:
-            _zygotes[(None, _place())] = Zygote(None)
+        key = _key(trainable) if trainable is not None else (None, _place())
+        if key not in _zygotes:
+            _zygotes[key] = Zygote(trainable, fork=fork)
 
 
 def close_zygote() -> None:
@@ -282,6 +288,9 @@ def serve(request_fd: int, events_fd: int, setup_json: str) -> None:
     try:
         from pbtune.engine.local import worker_main
         from pbtune.engine.worker import load_trainable
+
+        for name in WORKER_PRELOAD:
+            __import__(name)
     except BaseException:
         _send(events_fd, {"ready": True, "error": traceback.format_exc()})
         os._exit(1)

@@ -149,7 +149,8 @@ def _run(
                     restarts_left -= 1
                     log.warning("worker %d exited with %s; starting a replacement", index, proc.exitcode)
                     procs[index] = start(index)
-            time.sleep(0.2)
+            _zygote.worker_exited.wait(0.2)  # a worker's exit (often: the run is done) ends the wait early
+            _zygote.worker_exited.clear()
         for proc in procs:
             proc.join(timeout=30)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers, then hand their members back now

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 TrainableFactory = Callable[[], Trainable]
 
+HELD_CHECK_SECONDS = 1.0  # see Worker._held_member
+
 
 def load_trainable(target: str) -> type[Trainable]:
     """Import ``"package.module:Class"`` or ``"path/to/file.py:Class"``."""
@@ -136,14 +138,19 @@ class Worker:
     def run(self) -> WorkerStats:
         heartbeat = _Heartbeat(self.store, self.config.name, self.worker_id, self.config.lease_seconds)
         heartbeat.start()
+        checked = -float("inf")  # when this worker last looked for members it already leases
         try:
             while True:
-                record = self._held_member() or self.store.claim(
+                record = None
+                if time.monotonic() - checked >= HELD_CHECK_SECONDS:
+                    record, checked = self._held_member(), time.monotonic()
+                record = record or self.store.claim(
                     self.config.name, self.worker_id, self.config.lease_seconds, self.config.budget
                 )
                 if record is None:
                     if self._all_done():
                         return self.stats
+                    checked = -float("inf")  # nothing to claim: maybe because we hold it
                     time.sleep(self._poll)
                     continue
                 self._train_segment(record)
@@ -152,7 +159,10 @@ class Worker:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _held_member(self) -> MemberRecord | None:
-        """A member this worker already leases: a claim whose reply a dropped connection lost."""
+        """A member this worker already leases: one from before a restart under the same worker id
+        (Ray actors), or a claim whose reply a dropped connection lost (the store's retry then
+        claimed another). Looked for at the start, when nothing can be claimed, and at most every
+        HELD_CHECK_SECONDS otherwise: not one more transaction per segment."""
         held = self.store.heartbeat(self.config.name, self.worker_id, self.config.lease_seconds)
         return self.store.get_member(self.config.name, min(held)) if held else None
 

@@ -91,9 +91,7 @@ class LiveDisplay:
         min_interval: float = 0.25,
         log_every: float = 10.0,
     ) -> None:
-        from rich.console import Console
-
-        self.console = console if console is not None else Console()
+        self._console = console  # rich's default Console is made on first use (rich takes a while to import)
         self.quiet = quiet
         self.max_rows = max_rows
         self.min_interval = min_interval
@@ -106,6 +104,14 @@ class LiveDisplay:
         self._state: tuple[RunConfig, tuple[MemberRecord, ...], tuple[EventRecord, ...]] | None = None
         self._source: tuple[PopulationStore, RunConfig] | None = None
         self._last_line = ""
+
+    @property
+    def console(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console()
+        return self._console
 
     # -- rendering (pure given the records) --------------------------------------------------
     def table(self, config: RunConfig, members: Sequence[MemberRecord], events: Sequence[EventRecord]) -> Any:
