@@ -37,6 +37,7 @@ class RunState:
     scores: list[float | None] = field(default_factory=list)
     last_ready: list[int] = field(default_factory=list)
     recent: list[list[tuple[int, float]]] = field(default_factory=list)  # per member, as MemberRecord.recent
+    lineages: list[int] = field(default_factory=list)  # per member, as MemberRecord.lineage
     member_steps: int = 0
 
     def record_scores(self, scores: list[float]) -> None:
