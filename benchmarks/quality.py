@@ -53,6 +53,9 @@ METHODS: dict[str, Callable[[int], dict[str, Any]]] = {
     # not run by default: Ray Tune's truncation fraction (pbtune's default is 0.2)
     "pbt_q25": lambda steps: {"exploit": {"name": "truncation", "quantile": 0.25}},
     "pbt_q25_cap": lambda steps: {"exploit": {"name": "truncation", "quantile": 0.25, "max_copies": 1}},
+    # the lineage guard: no root ancestor holds more than this share of the population
+    "pbt_lineage": lambda steps: {"exploit": {"name": "truncation", "max_lineage_share": 0.34}},
+    "pbt_lineage50": lambda steps: {"exploit": {"name": "truncation", "max_lineage_share": 0.5}},
 }
 DEFAULT_METHODS = ("random", "pbt", "pbt_smooth", "pb2", "sync")
 BASELINE = "random"

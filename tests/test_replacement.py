@@ -46,6 +46,12 @@ def test_a_failed_member_restarts_from_the_best_member(tmp_path: Path) -> None:
     assert kinds[0][0] == "fail" and kinds[0][1].endswith("illegal memory access (once); replaced")
     assert kinds[1][0] == "exploit" and kinds[1][1].startswith("replaced failed member 0 with a copy of member")
     assert kinds[2][0] == "explore"
+    # each exploit (the replacement's too) gave the member its donor's lineage, as the events replay it
+    lineage = [0, 1, 2]
+    for event in population.store.events("t"):
+        if event.kind == "exploit" and event.donor_id is not None:
+            lineage[event.member_id] = lineage[event.donor_id]
+    assert [m.lineage for m in members] == lineage
 
 
 def test_without_replacements_left_the_member_fails(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ Example:
     >>> cfg = RunConfig(name="demo", space={"lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True}},
     ...                 population=4, budget=20, ready={"interval": 5})
     >>> cfg.exploit
-    Truncation(quantile=0.2, copy_hparams=True, max_copies=None, rounding='floor')
+    Truncation(quantile=0.2, copy_hparams=True, max_copies=None, rounding='floor', max_lineage_share=None)
 """
 
 from __future__ import annotations

@@ -94,6 +94,11 @@ class ExploitPlan:
     explored: Mapping[str, Any]
     exploit_summary: str
     explore_summary: str
+    donor_lineage: int = -1  # the donor's lineage, which the member joins; -1: the donor's id
+
+    def __post_init__(self) -> None:
+        if self.donor_lineage < 0:
+            object.__setattr__(self, "donor_lineage", self.donor_id)
 
     def write(self, *, checkpoint: CheckpointRef | None = None, explore: bool = True) -> ExploitWrite:
         """The store write of this plan: the exploit, and the explore unless ``explore=False``
@@ -103,6 +108,7 @@ class ExploitPlan:
             self.exploit_summary, explored=dict(self.explored) if explore else None,
             explore_summary=self.explore_summary if explore else "", checkpoint=checkpoint,
             donor_checkpoint=self.donor_checkpoint if checkpoint is not None else None,
+            donor_lineage=self.donor_lineage,
         )
 
 
@@ -167,7 +173,9 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
     Failed members are neither donors nor ranked. With the exploit strategy's ``max_copies``,
     no donor seeds more than that many members of this round (members deciding together: the
     vectorized engine's lockstep round); further members pick among the other donors, or
-    continue. Raises ``KeyError`` for an id not in the snapshot.
+    continue. Each member decides against the lineages left by the plans before it (as if they
+    had been carried out), so ``max_lineage_share`` holds within a round too.
+    Raises ``KeyError`` for an id not in the snapshot.
     """
     alive_steps = [m.step for m in snapshot if m.state is not MemberState.FAILED]
     if config.sync and alive_steps:  # a generation is compared at one step
@@ -177,19 +185,31 @@ def plan_round(config: RunConfig, snapshot: Sequence[MemberRecord], ready: Itera
     population = [m for m in ranked if m.state is not MemberState.FAILED]
     cap = getattr(config.exploit, "max_copies", None)
     copies: Counter[int] = Counter()
+    joined: dict[int, int] = {}  # member -> the lineage it joined by a plan of this round
     plans: dict[int, Plan] = {}
     for member_id in ready:
         # Diversity guard: a donor that already seeded `max_copies` members this round offers no
         # checkpoint to the rest (strategies never pick a donor without one), so they spread out.
-        offered = population if cap is None else [
-            dataclasses.replace(m, checkpoint=None) if copies[m.member_id] >= cap else m for m in population
-        ]
+        offered = [
+            _offered(m, cap is not None and copies[m.member_id] >= cap, joined.get(m.member_id)) for m in population
+        ] if cap is not None or joined else population
         by_id[member_id]  # KeyError for an id not in the snapshot, as documented
         plan = _plan(config, ListView(offered, config.mode), member_id, lambda: snapshot)
         if isinstance(plan, ExploitPlan):
             copies[plan.donor_id] += 1
+            joined[member_id] = plan.donor_lineage
         plans[member_id] = plan
     return plans
+
+
+def _offered(member: MemberRecord, capped: bool, lineage: int | None) -> MemberRecord:
+    """``member`` as later deciders of a round see it: no checkpoint once capped, its new lineage."""
+    if not capped and lineage is None:
+        return member
+    changes: dict[str, Any] = {"checkpoint": None} if capped else {}
+    if lineage is not None:
+        changes["lineage"] = lineage
+    return dataclasses.replace(member, **changes)
 
 
 def plan_ready(
@@ -233,6 +253,7 @@ def _plan(
         donor_checkpoint=decision.donor_checkpoint, donor_checkpoint_sha256=donor.checkpoint_sha256,
         donor_hparams=dict(donor.hparams), copy_hparams=decision.copy_hparams, old_hparams=dict(me.hparams),
         taken=taken, explored=explored, exploit_summary=summary, explore_summary=explore_summary,
+        donor_lineage=donor.lineage,
     )
 
 
@@ -255,7 +276,7 @@ def plan_replacement(config: RunConfig, snapshot: Sequence[MemberRecord], member
         donor_hparams=dict(donor.hparams), copy_hparams=copy_hparams, old_hparams=dict(me.hparams), taken=taken,
         explored=explored, explore_summary=explore_summary,
         exploit_summary=f"replaced failed member {member_id} with a copy of member {donor.member_id} "
-        f"(step {donor.checkpoint_step or donor.step}, score {_fmt(score)})",
+        f"(step {donor.checkpoint_step or donor.step}, score {_fmt(score)})", donor_lineage=donor.lineage,
     )
 
 

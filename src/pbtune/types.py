@@ -60,6 +60,13 @@ class MemberRecord:
     error: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     recent: tuple[tuple[int, float], ...] = ()  # the last few (step, score) reports, oldest first
+    # The id of the initial member whose training this member's model continues (its root
+    # ancestor): its own id until it exploits, then its donor's lineage. -1 stands for member_id.
+    lineage: int = -1
+
+    def __post_init__(self) -> None:
+        if self.lineage < 0:
+            object.__setattr__(self, "lineage", self.member_id)
 
     @property
     def has_checkpoint(self) -> bool:

@@ -99,6 +99,8 @@ def _downgrade(url: str, version: int) -> None:
     """Turn a fresh database into what pbtune's schema ``version`` wrote."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
+        if version < 4:
+            conn.exec_driver_sql("ALTER TABLE pbtune_members DROP COLUMN lineage")
         if version < 3:
             conn.exec_driver_sql("DROP INDEX ix_pbtune_checkpoints_run_member")
             conn.exec_driver_sql("ALTER TABLE pbtune_members DROP COLUMN recent")
@@ -109,7 +111,7 @@ def _downgrade(url: str, version: int) -> None:
     engine.dispose()
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_an_older_database_is_upgraded_to_the_current_version(tmp_path: Path, version: int) -> None:
     url = f"sqlite:///{tmp_path}/v{version}.db"
     store = SQLStore(url)
@@ -126,3 +128,34 @@ def test_an_older_database_is_upgraded_to_the_current_version(tmp_path: Path, ve
     assert reopened.get_member("r", 0).recent == ()  # members from before v3 start with no recent scores
     assert reopened.report("r", 0, 1, 0.5).recent == ((1, 0.5),)
     assert "recent" in _columns(url, "pbtune_members")
+    assert reopened.get_member("r", 0).lineage == 0
+
+
+def test_v3_members_get_the_lineage_their_exploit_events_lead_to(url: str) -> None:
+    store = SQLStore(url)
+    store.create_run("r", {})
+    store.create_run("other", {})
+    for i in range(4):
+        store.add_member("r", i, {"lr": 0.1})
+    store.add_member("other", 0, {})
+    for i in range(3):
+        store.report("r", i, 2, 0.5)
+
+    def copy(member: int, donor: int, step: int) -> None:
+        done = store.apply_exploit("r", member, expected_version=store.get_member("r", member).version,
+                                   donor_id=donor, donor_step=step, hparams={"lr": 0.1}, checkpoint=None, summary="")
+        assert done is not None
+
+    copy(1, 0, 2)  # 1 joins 0's lineage
+    copy(2, 1, 2)  # 2 copies 1 after that: 0's lineage too
+    copy(0, 3, 2)  # then 0 copies 3: 0 is of 3's lineage, while 1 and 2 keep 0's
+    expected = [m.lineage for m in store.list_members("r")]
+    assert expected == [3, 0, 0, 3]
+    store.close()
+    _downgrade(url, 3)
+    assert "lineage" not in _columns(url, "pbtune_members")
+    assert upgrade(url).found == 3
+    reopened = SQLStore(url)
+    assert [m.lineage for m in reopened.list_members("r")] == expected  # what the store had kept
+    assert reopened.get_member("other", 0).lineage == 0
+    reopened.close()

@@ -38,17 +38,40 @@ def _lineage(store):
 
 
 def _members(store):
-    return [(m.member_id, m.step, dict(m.hparams), m.last_ready_step, m.version) for m in store.list_members("parity")]
+    return [(m.member_id, m.step, dict(m.hparams), m.last_ready_step, m.version, m.lineage)
+            for m in store.list_members("parity")]
 
 
-@pytest.mark.parametrize("copy_hparams", [True, False])
-def test_member_and_vectorized_paths_make_the_same_round(tmp_path, copy_hparams):
-    exploit = {"name": "truncation", "quantile": 0.25, "copy_hparams": copy_hparams}
+def _earlier_exploits(store, copies):
+    """Exploits of an earlier round (before any training here), the same in both stores."""
+    for member_id, donor_id in copies:
+        donor = store.get_member("parity", donor_id)
+        done = store.apply_exploit("parity", member_id, expected_version=store.get_member("parity", member_id).version,
+                                   donor_id=donor_id, donor_step=0, hparams=dict(donor.hparams), checkpoint=None,
+                                   summary=f"copied {donor_id}")
+        assert done is not None
+
+
+# (exploit options, earlier copies (member, donor), the members that exploit and their donors)
+CASES = {
+    "copy_hparams": ({"copy_hparams": True}, [], None),
+    "weights_only": ({"copy_hparams": False}, [], None),
+    # 3's lineage holds 0, 3 and 5: over the 0.25 share (2 of 8); member 2 copies 1, which fills
+    # 1's lineage, so member 6, deciding after it in the same round, continues.
+    "lineage_share": ({"max_lineage_share": 0.25}, [(0, 3), (5, 3)], {2: 1}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_member_and_vectorized_paths_make_the_same_round(tmp_path, case):
+    options, copies, expected = CASES[case]
+    exploit = {"name": "truncation", "quantile": 0.25, **options}
     step = 4
 
     # The Member path: every member saves a checkpoint at step 4, then each asks in turn.
     settings_a = _settings(tmp_path, "a", exploit=exploit)
     population = Population(settings_a.config)
+    _earlier_exploits(population.store, copies)
     members = [population.member(i) for i in range(len(SCORES))]
     for member, score in zip(members, SCORES, strict=True):
         path = tmp_path / f"w{member.member_id}.bin"
@@ -67,6 +90,7 @@ def test_member_and_vectorized_paths_make_the_same_round(tmp_path, copy_hparams)
     # The vectorized path: the same scores reported by the engine, then one round in memory.
     settings_b = _settings(tmp_path, "b", exploit=exploit)
     handle = Population(settings_b.config)
+    _earlier_exploits(handle.store, copies)
     records = {m.member_id: m for m in handle.store.list_members("parity")}
     state = loop.start(settings_b, handle.store, CheckpointStore(settings_b.config.checkpoints), records)
     state.step = step
@@ -84,7 +108,13 @@ def test_member_and_vectorized_paths_make_the_same_round(tmp_path, copy_hparams)
 
     assert decisions(plans_a) == decisions(plans_b)
     exploited = {m: p.donor_id for m, p in plans_a.items() if isinstance(p, ExploitPlan)}
-    assert sorted(exploited) == [2, 6] and len(ready) == len(SCORES)  # mode min: the score is a loss
+    assert len(ready) == len(SCORES)
+    assert exploited == (expected or {2: exploited[2], 6: exploited[6]})  # mode min: 6 and 2 are the bottom
+    lineages = {m.member_id: m.lineage for m in handle.store.list_members("parity")}
+    assert lineages == {m.member_id: m.lineage for m in population.store.list_members("parity")}
+    assert state.lineages == [lineages[i] for i in range(len(SCORES))]  # the engine's memory follows the store
+    for member_id, donor_id in exploited.items():
+        assert lineages[member_id] == persistence.snapshot(state)[donor_id].lineage
     assert _lineage(population.store) == _lineage(handle.store)
     assert _members(population.store) == _members(handle.store)  # hparams, ready checks, versions
     assert all(m.last_ready_step == step for m in handle.store.list_members("parity"))

@@ -120,7 +120,7 @@ def upgrade(
         >>> import tempfile
         >>> url = f"sqlite:///{tempfile.mkdtemp()}/pbt.db"
         >>> upgrade(url)
-        Upgrade(found=None, now=2)
+        Upgrade(found=None, now=4)
         >>> upgrade(url).changed
         False
     """
@@ -184,3 +184,24 @@ def _members_keep_recent_scores(conn: Connection) -> None:
     conn.execute(sa.text(
         "CREATE INDEX IF NOT EXISTS ix_pbtune_checkpoints_run_member ON pbtune_checkpoints (run, member_id)"
     ))
+
+
+@migration(3)
+def _members_keep_their_lineage(conn: Connection) -> None:
+    """v3 -> v4: members keep their lineage (the root ancestor's id). Existing members get what the
+    column would hold had it existed: the exploit events replayed in order, each copier taking its
+    donor's lineage of that moment (failed members' replacements included); no exploit: its own id."""
+    conn.execute(sa.text("ALTER TABLE pbtune_members ADD COLUMN lineage INTEGER"))
+    lineage: dict[tuple[str, int], int] = {}
+    rows = conn.execute(sa.text(
+        "SELECT run, member_id, donor_id FROM pbtune_events "
+        "WHERE kind = 'exploit' AND donor_id IS NOT NULL ORDER BY id"
+    ))
+    for run, member_id, donor_id in rows:
+        lineage[(run, member_id)] = lineage.get((run, donor_id), donor_id)
+    members = conn.execute(sa.text("SELECT run, member_id FROM pbtune_members")).all()
+    values = [{"run": run, "member_id": member_id, "lineage": lineage.get((run, member_id), member_id)}
+              for run, member_id in members]
+    if values:
+        update = "UPDATE pbtune_members SET lineage = :lineage WHERE run = :run AND member_id = :member_id"
+        conn.execute(sa.text(update), values)

@@ -18,8 +18,9 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
-SCHEMA_VERSION = 3  # 2: exploit events record the donor checkpoint copied and the copy made
+SCHEMA_VERSION = 4  # 2: exploit events record the donor checkpoint copied and the copy made
 # 3: members keep their recent scores (smoothed ranking, PB2); checkpoints indexed by member
+# 4: members keep their lineage (root ancestor), for the lineage-share guard
 
 _NON_FINITE_IN = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -97,6 +98,7 @@ members = Table(
     Column("error", Text),
     Column("updated", Float, nullable=False),
     Column("recent", JSON),  # the last RECENT_SCORES [step, score] reports, non-finite scores as null (v3)
+    Column("lineage", Integer),  # the root ancestor's member_id (v4); NULL reads as the member's own id
 )
 
 scores = Table(

@@ -243,6 +243,7 @@ class SQLBase(PopulationStore):
             lease_expires=m["lease_expires"],
             error=m["error"],
             recent=_recent_out(m["recent"]),
+            lineage=-1 if m["lineage"] is None else m["lineage"],
         )
 
     def population_view(self, run: str, mode: str, known: Sequence[MemberRecord] = ()) -> PopulationView:

@@ -155,10 +155,26 @@ def _event_row(
 _Events = list[tuple[str, dict[str, Any]]]
 
 
-def _exploit_writes(member: MemberRecord, e: ExploitWrite) -> tuple[list[dict[str, Any]], _Events]:
-    """The logical writes (column values) and events (kind, fields) of one exploit and its explore."""
+def _donor_lineages(conn: Any, run: str, exploits: Sequence[ExploitWrite]) -> dict[int, int]:
+    """The stored lineage of each donor of ``exploits`` that does not carry its own (one SELECT, or none)."""
+    wanted = sorted({e.donor_id for e in exploits if e.donor_lineage is None})
+    if not wanted:
+        return {}
+    c = s.members.c
+    rows = conn.execute(sa.select(c.member_id, c.lineage).where(c.run == run, c.member_id.in_(wanted)))
+    return {member_id: member_id if lineage is None else lineage for member_id, lineage in rows}
+
+
+def _exploit_writes(
+    member: MemberRecord, e: ExploitWrite, lineages: Mapping[int, int]
+) -> tuple[list[dict[str, Any]], _Events]:
+    """The logical writes (column values) and events (kind, fields) of one exploit and its explore.
+
+    The member joins the donor's lineage: the one the write carries, else ``lineages[donor]``
+    (the donor's stored one; a donor not in the run: its own id)."""
     taken = dict(e.hparams)
-    exploit: dict[str, Any] = {"hparams": taken, "last_ready_step": member.step}
+    lineage = e.donor_lineage if e.donor_lineage is not None else lineages.get(e.donor_id, e.donor_id)
+    exploit: dict[str, Any] = {"hparams": taken, "last_ready_step": member.step, "lineage": lineage}
     if e.checkpoint is not None:
         exploit.update(checkpoint=e.checkpoint.key, checkpoint_step=member.step, checkpoint_sha256=e.checkpoint.sha256)
     writes = [exploit]

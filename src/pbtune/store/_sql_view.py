@@ -55,6 +55,8 @@ _RANK = {mode: _rank(mode) for mode in ("max", "min")}
 _TOP = {mode: _top(mode) for mode in ("max", "min")}
 _IDS = sa.select(_c.member_id).where(_in_view).order_by(_c.member_id)
 _ONE = sa.select(s.members).where(_in_view, _c.member_id == sa.bindparam("member_id"))
+_root = sa.func.coalesce(_c.lineage, _c.member_id)  # NULL: the member's own id
+_LINEAGES = sa.select(_root, sa.func.count()).where(_in_view).group_by(_root).order_by(_root)
 
 
 class SQLView:
@@ -117,6 +119,10 @@ class SQLView:
 
     def ids(self) -> list[int]:
         return list(self._read(lambda conn: list(conn.execute(_IDS, {"run": self._run}).scalars())))
+
+    def lineage_sizes(self) -> dict[int, int]:
+        rows = self._read(lambda conn: list(conn.execute(_LINEAGES, {"run": self._run})))
+        return {int(lineage): int(count) for lineage, count in rows}
 
     def _bind(self, me: MemberRecord | None) -> dict[str, Any]:
         score = me.score if me is not None else None

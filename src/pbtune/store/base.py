@@ -69,6 +69,7 @@ class ExploitWrite:
     explore_summary: str = ""
     checkpoint: CheckpointRef | None = None  # the member's copy of the donor's checkpoint; None: copied in memory
     donor_checkpoint: str | None = None  # the donor's key that was copied (recorded in the event)
+    donor_lineage: int | None = None  # the donor's lineage when planned (the member's new one); None: read it
 
 
 @dataclass(frozen=True)
@@ -231,11 +232,13 @@ class PopulationStore(abc.ABC):
         checkpoint: CheckpointRef | None,
         summary: str,
         donor_checkpoint: str | None = None,
+        donor_lineage: int | None = None,
     ) -> MemberRecord | None:
-        """Take the donor's hyperparameters and the copy of its checkpoint; append an ``exploit`` event.
+        """Take the donor's hyperparameters, lineage and the copy of its checkpoint; append an ``exploit`` event.
 
         ``donor_checkpoint`` (the donor's key that was copied) is recorded in the event, so the
-        lineage knows which of a donor's checkpoints of the same step was taken.
+        lineage knows which of a donor's checkpoints of the same step was taken. The member's
+        ``lineage`` becomes ``donor_lineage`` (None: the donor's lineage as stored now).
 
         ``checkpoint`` is None when the weights were copied without the checkpoint store (the
         vectorized engine copies them in memory); the member's checkpoint fields stay as they are.
@@ -284,7 +287,7 @@ class PopulationStore(abc.ABC):
                 record = self.apply_exploit(
                     run, e.member_id, expected_version=e.expected_version, donor_id=e.donor_id,
                     donor_step=e.donor_step, hparams=e.hparams, checkpoint=e.checkpoint, summary=e.summary,
-                    donor_checkpoint=e.donor_checkpoint,
+                    donor_checkpoint=e.donor_checkpoint, donor_lineage=e.donor_lineage,
                 )
                 if record is not None and e.explored is not None:
                     record = self.set_hparams(

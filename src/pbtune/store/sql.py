@@ -23,6 +23,7 @@ from pbtune.store import _schema as s
 from pbtune.store._sql_bookkeeping import SQLBookkeeping
 from pbtune.store._sql_rows import (
     _UPDATE_MEMBER,
+    _donor_lineages,
     _event_row,
     _exploit_writes,
     _member_values,
@@ -106,7 +107,7 @@ class SQLStore(SQLBookkeeping):
                 conn,
                 sa.insert(s.members).values(
                     run=run, member_id=member_id, state=MemberState.PENDING.value, step=0,
-                    hparams=dict(hparams), last_ready_step=0, version=0, updated=self._clock(),
+                    hparams=dict(hparams), last_ready_step=0, version=0, updated=self._clock(), lineage=member_id,
                 ),
             )
             member = self._load_member(conn, run, member_id)
@@ -131,7 +132,8 @@ class SQLStore(SQLBookkeeping):
             if missing:
                 conn.execute(sa.insert(s.members), [
                     {"run": run, "member_id": i, "state": MemberState.PENDING.value, "step": 0,
-                     "hparams": dict(hparams[i]), "last_ready_step": 0, "version": 0, "updated": now}
+                     "hparams": dict(hparams[i]), "last_ready_step": 0, "version": 0, "updated": now,
+                     "lineage": i}
                     for i in missing
                 ])
                 conn.execute(sa.insert(s.events), [
@@ -263,9 +265,10 @@ class SQLStore(SQLBookkeeping):
         checkpoint: CheckpointRef | None,
         summary: str,
         donor_checkpoint: str | None = None,
+        donor_lineage: int | None = None,
     ) -> MemberRecord | None:
         write = ExploitWrite(member_id, expected_version, donor_id, donor_step, hparams, summary,
-                             checkpoint=checkpoint, donor_checkpoint=donor_checkpoint)
+                             checkpoint=checkpoint, donor_checkpoint=donor_checkpoint, donor_lineage=donor_lineage)
         updated = self._apply_round(run, [write], ())
         return None if updated is None else updated[member_id]
 
@@ -293,11 +296,12 @@ class SQLStore(SQLBookkeeping):
             exploited: dict[int, dict[str, Any]] = {}
             with_checkpoint: dict[int, dict[str, Any]] = {}
             events = []
+            lineages = _donor_lineages(conn, run, [e for e in exploits if e.member_id not in done])
             for e in exploits:
                 if e.member_id in done:
                     continue
                 member = members[e.member_id]
-                writes, member_events = _exploit_writes(member, e)
+                writes, member_events = _exploit_writes(member, e, lineages)
                 (with_checkpoint if e.checkpoint is not None else exploited)[e.member_id] = _member_values(
                     member, now, *writes)
                 events += [_event_row(run, e.member_id, member.step, kind, now, **fields)

@@ -1,7 +1,8 @@
 """What an exploit strategy may ask of the population: a ranked view, not the whole list.
 
 A strategy's decision needs a few facts: its own record, how many members are scored, its
-place in the ranking, the top few, or one random other member. :class:`PopulationView` asks
+place in the ranking, the top few, one random other member, or how many members each
+lineage holds. :class:`PopulationView` asks
 exactly that, so a store can answer it in SQL (a rank COUNT and a top-k SELECT inside the
 ready point's transaction) instead of reading and decoding every member. :class:`ListView`
 answers it from an in-memory snapshot; strategies decide through the view in both cases,
@@ -16,6 +17,8 @@ Example:
     >>> view = ListView(pop, "max")
     >>> view.scored_count(), view.position(0), [m.member_id for m in view.top(1)], view.ids()
     (2, 1, [2], [0, 1, 2])
+    >>> view.lineage_sizes()
+    {0: 1, 1: 1, 2: 1}
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class PopulationView(Protocol):
     def ids(self) -> list[int]:
         """Every member id in the view, ascending (scored or not)."""
 
+    def lineage_sizes(self) -> dict[int, int]:
+        """How many members of the view (scored or not) each lineage holds: ``{lineage: count}``
+        (see :attr:`~pbtune.types.MemberRecord.lineage`); the counts sum to the view's size."""
+
 
 class ListView:
     """A :class:`PopulationView` over an in-memory snapshot."""
@@ -76,3 +83,9 @@ class ListView:
 
     def ids(self) -> list[int]:
         return sorted(self._by_id)
+
+    def lineage_sizes(self) -> dict[int, int]:
+        sizes: dict[int, int] = {}
+        for m in self._by_id.values():
+            sizes[m.lineage] = sizes.get(m.lineage, 0) + 1
+        return dict(sorted(sizes.items()))

@@ -154,3 +154,28 @@ class RoundConformance:
         store.set_state(run, 2, MemberState.FAILED, error="x")
         store.reopen_members(run, [MemberState.FAILED], summary="retry")  # back to step 2: forgets later scores
         assert store.get_member(run, 2).recent == ((2, 0.1),)
+
+    def test_members_keep_their_lineage(self, store: PopulationStore, run: str) -> None:
+        assert [m.lineage for m in store.list_members(run)] == [0, 1, 2]  # their own ids at first
+        store.create_run("bulk", {})
+        assert [m.lineage for m in store.add_members("bulk", [{}, {}])] == [0, 1]
+        for i in range(3):
+            store.report(run, i, 2, 0.1 * i, checkpoint=_ref(f"r-{i}-2", 2))
+        carried = ExploitWrite(0, store.get_member(run, 0).version, 2, 2, {"lr": 0.3}, "copied 2 over 0",
+                               explored={"lr": 0.36}, explore_summary="x", donor_lineage=2)
+        updated = store.apply_exploits(run, [carried])
+        assert updated is not None and updated[0].lineage == 2 == store.get_member(run, 0).lineage
+        # Without a carried lineage, the donor's stored one: 1 copies 0, which is of 2's lineage now.
+        one = store.apply_exploit(run, 1, expected_version=store.get_member(run, 1).version, donor_id=0,
+                                  donor_step=2, hparams={"lr": 0.36}, checkpoint=None, summary="copied 0 over 1")
+        assert one is not None and one.lineage == 2 == store.get_member(run, 1).lineage
+        # The lineage the plan saw wins over the stored one (the donor may have exploited since).
+        two = store.apply_exploits(run, [ExploitWrite(2, store.get_member(run, 2).version, 1, 2, {"lr": 1.0}, "x",
+                                                      donor_lineage=7)])
+        assert two is not None and two[2].lineage == 7
+        # Reports, explores, state changes and reopening keep it.
+        store.report(run, 0, 3, 0.9)
+        store.set_hparams(run, 0, {"lr": 0.5}, expected_version=store.get_member(run, 0).version)
+        store.set_state(run, 0, MemberState.FAILED, error="boom")
+        store.reopen_members(run, [MemberState.FAILED], summary="retried")
+        assert [m.lineage for m in store.list_members(run)] == [2, 2, 7]

@@ -32,6 +32,12 @@ class ViewConformance:
             if score is not None:
                 ckpt = _ref(f"{run}/m{member_id}", 1) if rng.random() < 0.7 else None
                 store.report(run, member_id, 1, score, checkpoint=ckpt)
+            if member_id and rng.random() < 0.5:  # joins an earlier member's lineage (chains form)
+                donor = rng.randrange(member_id)
+                done = store.apply_exploit(run, member_id, expected_version=store.get_member(run, member_id).version,
+                                           donor_id=donor, donor_step=1, hparams={"lr": 0.5}, checkpoint=None,
+                                           summary=f"copied {donor}")
+                assert done is not None
             if rng.random() < 0.15:
                 store.set_state(run, member_id, MemberState.FAILED, error="boom")
         return run
@@ -51,6 +57,8 @@ class ViewConformance:
             view = store.population_view(run, mode)
             assert view.scored_count() == expected.scored_count()
             assert view.ids() == expected.ids()
+            assert view.lineage_sizes() == expected.lineage_sizes()
+            assert sum(view.lineage_sizes().values()) == len(alive)
             for k in range(len(alive) + 2):
                 assert view.top(k) == expected.top(k), (mode, k)
 
@@ -62,6 +70,7 @@ class ViewConformance:
         store.set_state("v", 1, MemberState.FAILED, error="boom")
         view = store.population_view("v", "max")
         assert view.ids() == [0, 2] and view.scored_count() == 2
+        assert view.lineage_sizes() == {0: 1, 2: 1}
         assert [m.member_id for m in view.top(5)] == [2, 0]
         with pytest.raises(KeyError):
             view.member(1)

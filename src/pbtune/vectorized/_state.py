@@ -38,6 +38,7 @@ class RunState:
     scores: list[float | None] = field(default_factory=list)
     last_ready: list[int] = field(default_factory=list)
     recent: list[list[tuple[int, float]]] = field(default_factory=list)  # per member, as MemberRecord.recent
+    lineages: list[int] = field(default_factory=list)  # per member, as MemberRecord.lineage
     member_steps: int = 0
     threads: ThreadTuner | None = None  # the torch thread count of the training steps (CPU)
     train_seconds: float = 0.0  # in the batched training steps (CPU only: timed as they run)

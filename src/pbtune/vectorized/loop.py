@@ -71,7 +71,7 @@ def start(
         eval_data=eval_data,
         versions={i: r.version for i, r in records.items()}, plan=plan,
         scores=[records[i].score for i in range(size)], last_ready=[0] * size,
-        recent=[list(records[i].recent) for i in range(size)],
+        recent=[list(records[i].recent) for i in range(size)], lineages=[records[i].lineage for i in range(size)],
     )
     path = settings.checkpoint_path
     if path is not None and os.path.exists(path):
@@ -185,6 +185,7 @@ def exploit_round(state: RunState, population: Sequence[MemberRecord], ready: Se
             pop.copy_members([p.donor_id for p in group], [p.member_id for p in group], copy_hparams=copy_hparams)
     for p in exploits:
         pop.set_hparams(p.member_id, p.explored)
+        state.lineages[p.member_id] = p.donor_lineage
     persistence.write_round(state, plans)
     log.debug("step %d: %d exploits", step, len(exploits))
 

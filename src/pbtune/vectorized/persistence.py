@@ -37,7 +37,7 @@ def snapshot(state: RunState) -> list[MemberRecord]:
             run=cfg.name, member_id=i, state=MemberState.RUNNING, step=state.step, hparams=dict(pop.hparams[i]),
             score=state.scores[i], score_step=state.step, checkpoint=f"memory:{cfg.name}/{i}",
             checkpoint_step=state.step, last_ready_step=state.last_ready[i], version=state.versions[i],
-            recent=tuple(state.recent[i]),
+            recent=tuple(state.recent[i]), lineage=state.lineages[i],
         )
         for i in range(cfg.population)
     ]
@@ -137,6 +137,7 @@ def save(state: RunState) -> None:
         "scores": [None if s is None else float(s) for s in state.scores],
         "last_ready": list(state.last_ready),
         "recent": [[[step, score] for step, score in member] for member in state.recent],
+        "lineages": list(state.lineages),
         "data_rng": state.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -164,6 +165,8 @@ def resume(state: RunState, path: str, records: Mapping[int, MemberRecord]) -> N
     state.last_ready = [int(v) for v in engine["last_ready"]]
     if "recent" in engine:  # population checkpoints written before smoothed ranking have none
         state.recent = [[(int(step), float(score)) for step, score in member] for member in engine["recent"]]
+    if "lineages" in engine:  # the weights' lineages (the store's may be a round ahead of the file)
+        state.lineages = [int(v) for v in engine["lineages"]]
     state.generator.set_state(engine["data_rng"])
     torch.set_rng_state(engine["torch_rng"])
     if settings.device.type == "cuda" and engine.get("cuda_rng") is not None:
