@@ -77,6 +77,15 @@ def test_every_donor_lineage_full_means_continue_with_the_reason() -> None:
     assert isinstance(unguarded, Exploit)
 
 
+def test_with_the_top_tail_s_lineages_full_the_best_eligible_member_above_the_bottom_tail_donates() -> None:
+    pop = _pop([0, 1, 2, 3, 7, 7, 7, 7])  # the donors 6 and 7 are of lineage 7, which holds 4 > 3 members
+    guarded = Truncation(quantile=0.25, max_lineage_share=0.34)
+    assert _donors(guarded, pop, 0) == Counter({3: 200})  # 5 and 4 are of lineage 7; 3 is the best of the rest
+    worse = _pop([0, 1, 2, 3, 7, 7, 7, 7], scores=[5.0, 0.0, 1.0, 2.0, 6.0, 7.0, 8.0, 9.0])
+    decision = guarded.decide(worse, 1, random.Random(0), mode="max")  # 1 is last; 0 (5.0) is the best eligible
+    assert isinstance(decision, Exploit) and decision.donor_id == 0
+
+
 def test_the_guard_draws_the_same_as_before_when_it_filters_nothing() -> None:
     pop = _pop(list(range(8)))
     for seed in range(20):

@@ -57,8 +57,9 @@ CASES = {
     "copy_hparams": ({"copy_hparams": True}, [], None),
     "weights_only": ({"copy_hparams": False}, [], None),
     # 3's lineage holds 0, 3 and 5: over the 0.25 share (2 of 8); member 2 copies 1, which fills
-    # 1's lineage, so member 6, deciding after it in the same round, continues.
-    "lineage_share": ({"max_lineage_share": 0.25}, [(0, 3), (5, 3)], {2: 1}),
+    # 1's lineage, so member 6, deciding after it in the same round, falls back to 7, the best
+    # member above the bottom tail whose lineage has room.
+    "lineage_share": ({"max_lineage_share": 0.25}, [(0, 3), (5, 3)], {2: 1, 6: 7}),
 }
 
 
