@@ -74,6 +74,31 @@ def test_ranking_config_forms_and_validation() -> None:
     assert cfg.to_dict()["ranking"] == {"window": 3} and RunConfig.from_dict(cfg.to_dict()).ranking == cfg.ranking
 
 
+def test_a_trend_fit_averages_noise_without_lagging_behind_an_improving_member() -> None:
+    rising = _noisy(0, (0.2, 0.4, 0.6, 0.8))  # steps 1..4, a straight line
+    trend, mean = Ranking(window=4, fit="trend"), Ranking(window=4)
+    assert trend.score(rising) == pytest.approx(0.8)  # the line at the last step: no lag
+    assert mean.score(rising) == pytest.approx(0.5)  # the mean lags by 1.5 steps of progress
+    flat = _noisy(1, (0.5, 0.6, 0.4, 0.6))  # noise around 0.5: nearer to it than the last draw (0.6)
+    assert trend.score(flat) == pytest.approx(0.54) and abs(trend.score(flat) - 0.5) < abs(0.6 - 0.5)
+    assert Ranking(window=4, fit="trend").score(_noisy(2, (0.3, 0.9))) == pytest.approx(0.6)  # 2 points: the mean
+    assert math.isnan(trend.score(_noisy(3, (0.5, math.nan, 0.9, 0.7))))  # a NaN in the window ranks worst
+    improving, early = _noisy(4, (0.1, 0.3, 0.5, 0.7)), _noisy(5, (0.6, 0.6, 0.6, 0.6))
+    assert best_member([improving, early], "max", mean).member_id == 5  # type: ignore[union-attr]
+    assert best_member([improving, early], "max", trend).member_id == 4  # type: ignore[union-attr]
+
+
+def test_the_fit_is_validated_and_stored_only_when_not_the_mean() -> None:
+    from pbtune.errors import InvalidConfigError
+    from pbtune.ranking import ranking_from_config
+
+    assert ranking_from_config({"window": 4, "fit": "trend"}) == Ranking(window=4, fit="trend")
+    with pytest.raises(InvalidConfigError, match="`fit` of `ranking` must be one of"):
+        ranking_from_config({"window": 4, "fit": "median"})
+    assert Ranking(window=3).to_config() == {"window": 3}  # runs stored before `fit` existed still resume
+    assert Ranking(window=4, fit="trend").to_config() == {"window": 4, "fit": "trend"}
+
+
 def test_the_planner_ranks_by_the_smoothed_score() -> None:
     from pbtune.round import ExploitPlan, plan_round
 

@@ -61,11 +61,13 @@ def is_better(a: float | None, b: float | None, mode: str) -> bool:
 
 @dataclass(frozen=True)
 class Ranking:
-    """How members are compared: by the mean of their last ``window`` reported scores.
+    """How members are compared: by the mean (or trend) of their last ``window`` reported scores.
 
     ``window=1`` (the default) is the last score, as in the paper. A larger window averages
     evaluation noise away; a member that just exploited is ranked on its own recent scores
-    until new ones come in, so keep ``window`` at most the ready interval.
+    until new ones come in, so keep ``window`` at most the ready interval. ``fit="trend"``
+    ranks by the least-squares line through the window's scores at its last step (with 3 or
+    more scores; fewer: their mean): noise averaged, no lag behind an improving member.
 
     Example:
         >>> m = MemberRecord("r", 0, MemberState.RUNNING, 3, {}, score=0.9, recent=((1, 0.1), (2, 0.5), (3, 0.9)))
@@ -74,18 +76,25 @@ class Ranking:
     """
 
     window: int = 1
+    fit: str = "mean"
 
     def __post_init__(self) -> None:
         check_int(self.window, "window", "ranking", minimum=1)
         if self.window > RECENT_SCORES:
             raise InvalidConfigError("window", "ranking", f"an integer <= {RECENT_SCORES}", self.window)
+        if self.fit not in FITS:
+            raise InvalidConfigError("fit", "ranking", f"one of {list(FITS)}", self.fit)
 
     def score(self, member: MemberRecord) -> float | None:
         """The member's ranking score (non-finite if any score in the window is)."""
         if self.window == 1:
             return member.score
-        scores = [s for step, s in member.recent if step <= member.step][-self.window:]
-        return math.fsum(scores) / len(scores) if scores else member.score
+        recent = [(step, s) for step, s in member.recent if step <= member.step][-self.window:]
+        if not recent:
+            return member.score
+        if self.fit == "trend" and len(recent) > 2:
+            return _trend_at_last(recent)
+        return math.fsum(s for _, s in recent) / len(recent)
 
     def view(self, members: Iterable[MemberRecord]) -> list[MemberRecord]:
         """The members with ``score`` replaced by their ranking score (for strategies that rank)."""
@@ -94,7 +103,23 @@ class Ranking:
         return [dataclasses.replace(m, score=self.score(m)) for m in members]
 
     def to_config(self) -> dict[str, Any]:
-        return {"window": self.window}
+        return {"window": self.window, **({"fit": self.fit} if self.fit != "mean" else {})}
+
+
+FITS = ("mean", "trend")
+
+
+def _trend_at_last(points: list[tuple[int, float]]) -> float:
+    """The least-squares line through ``(step, score)`` evaluated at the last step: averages noise
+    like the mean, without the mean's lag behind a member that is still improving."""
+    steps = [float(step) for step, _ in points]
+    scores = [s for _, s in points]
+    mean_step, mean_score = math.fsum(steps) / len(steps), math.fsum(scores) / len(scores)
+    spread = math.fsum((x - mean_step) ** 2 for x in steps)
+    if spread == 0:
+        return mean_score
+    slope = math.fsum((x - mean_step) * (y - mean_score) for x, y in zip(steps, scores, strict=True)) / spread
+    return mean_score + slope * (steps[-1] - mean_step)
 
 
 def ranking_from_config(config: Any) -> Ranking:
@@ -107,9 +132,9 @@ def ranking_from_config(config: Any) -> Ranking:
         return Ranking(window=config)
     if not isinstance(config, Mapping):
         raise InvalidConfigError("ranking", "config", "an integer window or a mapping like {window: 3}", config)
-    unknown = sorted(set(config) - {"window"})
+    unknown = sorted(set(config) - {"window", "fit"})
     if unknown:
-        raise InvalidConfigError(unknown[0], "ranking", "one of ['window']", config[unknown[0]])
+        raise InvalidConfigError(unknown[0], "ranking", "one of ['fit', 'window']", config[unknown[0]])
     return Ranking(**config)
 
 
