@@ -49,7 +49,6 @@ METHODS: dict[str, Callable[[int], dict[str, Any]]] = {
     "pbt": lambda steps: {},  # the defaults: truncation + perturb_or_resample
     "pbt_smooth": lambda steps: {"ranking": {"window": 3}},
     "pbt_trend": lambda steps: {"ranking": {"window": 4, "fit": "trend"}},
-    "pbt_trend3": lambda steps: {"ranking": {"window": 3, "fit": "trend"}},
     "pb2": lambda steps: {"explore": "pb2"},
     "sync": lambda steps: {"sync": True},
     # not run by default: Ray Tune's truncation fraction (pbtune's default is 0.2)
