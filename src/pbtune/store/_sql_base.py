@@ -63,6 +63,7 @@ class SQLBase(PopulationStore):
         clock: returns the current time in seconds (injectable for tests).
 
     Example:
+        >>> from pbtune.store import SQLStore
         >>> store = SQLStore("sqlite://")
         >>> store.create_run("demo", {}).name
         'demo'
