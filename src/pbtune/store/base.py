@@ -144,13 +144,8 @@ class PopulationStore(abc.ABC):
         """All members of a run ordered by id (a consistent snapshot)."""
 
     def population_view(self, run: str, mode: str, known: Sequence[MemberRecord] = ()) -> PopulationView:
-        """The run's members that are not failed, as a strategy's ranked view
-        (:class:`~pbtune.strategies.PopulationView`). ``known`` records are current (the
-        caller just wrote them) and need not be read again.
-
-        This default reads every member; a SQL store answers each question with one statement
-        (rank COUNT, top-k SELECT) in the caller's :meth:`batch` transaction.
-        """
+        """The non-failed members as a strategy's ranked view; ``known`` records are current. This
+        default reads every member; a SQL store answers in SQL, in the caller's :meth:`batch`."""
         from pbtune.strategies._view import ListView
 
         fresh = {m.member_id: m for m in known}
